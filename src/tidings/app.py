@@ -1,0 +1,188 @@
+"""``Tidings``: the hub as a FastAPI router plus a lifespan, and the Python API.
+
+Mount it in any FastAPI app::
+
+    tidings = Tidings()
+    app = FastAPI(lifespan=tidings.lifespan)
+    app.include_router(tidings.router)
+
+    await tidings.publish("news", {"title": "hello"})
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+
+from .api.server_api import handle_api_request
+from .brokers import Broker, create_broker
+from .config import Settings
+from .hub import Hub, personal_channel
+from .hub.events import (
+    ConnectHandler,
+    Handlers,
+    MessageHandler,
+    PublishHandler,
+    RPCHandler,
+    SubscribeHandler,
+)
+from .protocol import ClientInfo, Disconnect, DisconnectCode, Publication, StreamPosition
+from .transport.websocket import echo_endpoint, protocol_endpoint
+
+log = logging.getLogger("tidings")
+
+H = TypeVar("H")
+
+
+class Tidings:
+    """A real-time hub for one FastAPI app: endpoints, lifecycle and the Python API."""
+
+    def __init__(self, settings: Settings | None = None, *, broker: Broker | None = None) -> None:
+        self.settings = (
+            settings if settings is not None else Settings.load()
+        ).with_generated_keys()
+        self.handlers = Handlers()
+        self.hub = Hub(
+            self.settings, broker or create_broker(self.settings.broker_url), self.handlers
+        )
+        self.router = self._build_router()
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def __aenter__(self) -> Tidings:
+        await self.hub.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.hub.stop()
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Pass as ``FastAPI(lifespan=tidings.lifespan)``, or enter ``async with tidings``."""
+        async with self:
+            yield
+
+    async def close_connections(self) -> None:
+        """Close every client connection with 3001 (reconnect) and refuse new ones.
+
+        The server API keeps working, so in-flight calls finish; the lifespan's
+        exit closes the broker afterwards.
+        """
+        await self.hub.close_sessions()
+
+    # --- routes -----------------------------------------------------------
+
+    def _build_router(self) -> APIRouter:
+        router = APIRouter()
+        hub = self.hub
+
+        @router.websocket("/connection/websocket")
+        async def connection_websocket(websocket: WebSocket) -> None:
+            await protocol_endpoint(websocket, hub)
+
+        @router.websocket("/ws")
+        async def echo(websocket: WebSocket) -> None:
+            await echo_endpoint(websocket, hub)
+
+        @router.post("/api/{method}")
+        async def server_api(method: str, request: Request) -> Response:
+            return await handle_api_request(hub, method, request)
+
+        @router.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @router.get("/readyz")
+        async def readyz() -> Response:
+            if hub.ready:
+                return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "not ready"}, status_code=503)
+
+        return router
+
+    # --- handlers ---------------------------------------------------------
+
+    def on_connect(self, handler: ConnectHandler) -> ConnectHandler:
+        """Decorate ``async def f(event: ConnectEvent)``: runs before a client connects."""
+        self.handlers.connect = handler
+        return handler
+
+    def on_subscribe(self, handler: SubscribeHandler) -> SubscribeHandler:
+        self.handlers.subscribe = handler
+        return handler
+
+    def on_publish(self, handler: PublishHandler) -> PublishHandler:
+        """Runs before a client's publication; may change ``event.data`` or raise to reject."""
+        self.handlers.publish = handler
+        return handler
+
+    def on_message(self, handler: MessageHandler) -> MessageHandler:
+        self.handlers.message = handler
+        return handler
+
+    def rpc(self, method: str) -> Any:
+        """Decorate ``async def f(event: RPCEvent) -> Any`` to answer the client RPC ``method``."""
+
+        def register(handler: RPCHandler) -> RPCHandler:
+            self.handlers.rpc[method] = handler
+            return handler
+
+        return register
+
+    # --- the Python API ---------------------------------------------------
+
+    async def publish(
+        self, channel: str, data: Any, *, tags: dict[str, str] | None = None
+    ) -> StreamPosition:
+        """Publish ``data`` (anything JSON-serialisable) to ``channel``'s subscribers."""
+        return await self.hub.publish(self.hub.channel(channel), orjson.dumps(data), tags=tags)
+
+    async def broadcast(self, channels: Iterable[str], data: Any) -> list[StreamPosition]:
+        """Publish the same data to several channels; it is serialised once."""
+        encoded = orjson.dumps(data)
+        return [await self.hub.publish(self.hub.channel(c), encoded) for c in channels]
+
+    async def send_notification(self, user: str, data: Any) -> StreamPosition:
+        """Publish to ``user``'s personal channel ``notifications#<user>``."""
+        return await self.publish(personal_channel(user), data)
+
+    async def send_message(self, user: str, data: Any) -> int:
+        """Push an asynchronous message to every connection of ``user``; returns how many."""
+        return self.hub.send_message(user, orjson.dumps(data))
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return await self.hub.presence(self.hub.channel(channel))
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = -1,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> tuple[list[Publication], StreamPosition]:
+        result = await self.hub.history(
+            self.hub.channel(channel), limit=limit, since=since, reverse=reverse
+        )
+        return list(result.publications), StreamPosition(result.offset, result.epoch)
+
+    async def disconnect(
+        self, user: str, *, code: int = int(DisconnectCode.FORCE_NO_RECONNECT), reason: str = ""
+    ) -> int:
+        """Close every connection of ``user``; returns how many were closed."""
+        return self.hub.disconnect_user(user, Disconnect(code, reason or "force disconnect"))
+
+
+def create_app(settings: Settings | None = None, tidings: Tidings | None = None) -> FastAPI:
+    """A FastAPI app that serves Tidings alone: what ``tidings serve`` runs."""
+    hub = tidings or Tidings(settings)
+    app = FastAPI(title="Tidings", lifespan=hub.lifespan)
+    app.include_router(hub.router)
+    app.state.tidings = hub
+    return app

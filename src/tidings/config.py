@@ -1,0 +1,218 @@
+"""Settings: every knob of a Tidings node in one typed object.
+
+Values come, in order of precedence, from keyword arguments, ``TIDINGS_*``
+environment variables, an optional TOML config file, and the defaults below.
+``tidings serve`` only fills this object in; so does a test or an app that
+mounts Tidings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+log = logging.getLogger("tidings.config")
+
+
+class NamespaceOptions(BaseModel):
+    """What channels of one namespace (``ns:name``) do and who may do what in them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    presence: bool = Field(False, description="Track who is subscribed.")
+    join_leave: bool = Field(False, description="Publish join and leave events.")
+    force_push_join_leave: bool = Field(
+        False, description="Push join/leave to every subscriber, not only to those who ask."
+    )
+    history_size: int = Field(0, ge=0, description="Publications kept per channel (0: none).")
+    history_ttl: float = Field(0, ge=0, description="Seconds a publication stays in history.")
+    force_recovery: bool = Field(
+        False, description="Make every subscription recoverable, whatever the client asks."
+    )
+    force_positioning: bool = Field(False, description="Track stream positions for every client.")
+    allow_subscribe_for_client: bool = Field(True, description="Authenticated users may subscribe.")
+    allow_subscribe_for_anonymous: bool = Field(False, description="Anonymous users may subscribe.")
+    allow_publish_for_subscriber: bool = Field(False, description="Subscribers may publish.")
+    allow_publish_for_client: bool = Field(False, description="Any authenticated user may publish.")
+    allow_presence_for_subscriber: bool = Field(False, description="Subscribers may read presence.")
+    allow_presence_for_client: bool = Field(False, description="Any user may read presence.")
+    allow_history_for_subscriber: bool = Field(False, description="Subscribers may read history.")
+    allow_history_for_client: bool = Field(False, description="Any user may read history.")
+    allow_user_limited_channels: bool = Field(
+        True, description="Honour the '#' user boundary (notifications#alice)."
+    )
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+# Channels with no namespace: history and recovery, publishing only from the server.
+DEFAULT_NAMESPACE = NamespaceOptions(history_size=100, history_ttl=600, force_recovery=True)
+
+DEFAULT_NAMESPACES: dict[str, NamespaceOptions] = {
+    "chat": NamespaceOptions(
+        presence=True,
+        join_leave=True,
+        force_push_join_leave=True,
+        history_size=100,
+        history_ttl=600,
+        force_recovery=True,
+        allow_publish_for_subscriber=True,
+        allow_presence_for_subscriber=True,
+        allow_history_for_subscriber=True,
+    ),
+}
+
+_config_file: ContextVar[Path | None] = ContextVar("tidings_config_file", default=None)
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by ``Settings.load(config_file=...)``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_file.get()
+        if path is None:
+            return {}
+        with path.open("rb") as f:
+            return tomllib.load(f)
+
+
+class Settings(BaseSettings):
+    """All settings of a Tidings node. Env vars are ``TIDINGS_`` + the upper-cased name."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="forbid", frozen=True)
+
+    # --- keys (generated into the data dir when unset) ---
+    secret: str | None = Field(None, description="HMAC key for connection and subscription JWTs.")
+    api_key: str | None = Field(None, description="Key for the server API (X-API-Key header).")
+
+    # --- storage and engines ---
+    data_dir: Path = Field(
+        Path("./tidings-data"), description="Generated keys and SQLite live here."
+    )
+    broker_url: str = Field(
+        "memory://", description="memory:// (one node) or redis://host:port/db."
+    )
+    database_url: str | None = Field(None, description="Default: SQLite in the data dir.")
+
+    # --- who may connect ---
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Exact browser origins allowed; empty means same-origin only.",
+    )
+    allow_anonymous: bool = Field(False, description="Accept connections without a token.")
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["HS256"], description="Accepted JWT algorithms (pinned)."
+    )
+
+    # --- channels ---
+    namespaces: dict[str, NamespaceOptions] = Field(
+        default_factory=dict,
+        description="Namespace options by name, merged over the built-in ones (chat).",
+    )
+    default_namespace: NamespaceOptions = Field(
+        DEFAULT_NAMESPACE, description="Options of channels without a namespace."
+    )
+
+    # --- limits ---
+    max_message_size: int = Field(65536, gt=0, description="Largest incoming message, in bytes.")
+    max_channels_per_connection: int = Field(128, gt=0, description="Subscriptions per connection.")
+    max_channel_length: int = Field(255, gt=0, description="Longest channel name, in bytes.")
+    command_rate: float = Field(100.0, gt=0, description="Sustained commands per second.")
+    command_burst: int = Field(200, gt=0, description="Commands allowed in a burst.")
+    auth_timeout: float = Field(10.0, gt=0, description="Seconds to send connect before 3502.")
+    ping_interval: float = Field(25.0, gt=0, description="Seconds between server pings.")
+    pong_timeout: float = Field(8.0, gt=0, description="Seconds to answer a ping before 3012.")
+    token_expiry_grace: float = Field(
+        25.0, ge=0, description="Seconds after token expiry to refresh before 3005."
+    )
+    write_queue_max_bytes: int = Field(
+        1 << 20, gt=0, description="Outgoing bytes queued per connection before 3008 (slow)."
+    )
+    shutdown_timeout: float = Field(10.0, gt=0, description="Seconds to drain on SIGTERM.")
+
+    # --- identity and logs ---
+    node_name: str = Field("", description="Name of this node in info and logs.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("allowed_origins", "jwt_algorithms", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from overrides, the environment and an optional TOML file."""
+        token = _config_file.set(config_file)
+        try:
+            return cls(**overrides)
+        finally:
+            _config_file.reset(token)
+
+    # --- derived values ---
+
+    def namespace(self, name: str) -> NamespaceOptions | None:
+        """Options of a namespace, or None when it is not configured."""
+        if name == "":
+            return self.default_namespace
+        if name in self.namespaces:
+            return self.namespaces[name]
+        return DEFAULT_NAMESPACES.get(name)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'tidings.db'}"
+
+    def with_generated_keys(self) -> Settings:
+        """Fill in a missing secret and API key from the data dir, generating them once.
+
+        The generated values are kept in files readable only by their owner, so
+        every restart (and `tidings publish`) finds the same ones.
+        """
+        updates: dict[str, str] = {}
+        for field, filename in (("secret", "secret"), ("api_key", "api_key")):
+            if getattr(self, field):
+                continue
+            path = self.data_dir / filename
+            if path.exists():
+                updates[field] = path.read_text().strip()
+                continue
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            value = secrets.token_urlsafe(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(value + "\n")
+            env = f"TIDINGS_{field.upper()}"
+            log.warning("%s was not set: generated one and stored it in %s", env, path)
+            updates[field] = value
+        return self.model_copy(update=updates) if updates else self

@@ -1,0 +1,699 @@
+"""One client connection: its protocol state, its commands and its writer.
+
+Order of work for each frame: decode, act, flush. Replies and pushes go into
+one outgoing queue, bounded in bytes; a writer task drains it, joining
+everything queued into as few frames as possible. Nothing here blocks a
+publisher: ``deliver`` only appends to the queue, and a client that lets its
+queue overflow is closed with 3008 (slow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from ..auth import InvalidToken, TokenExpired
+from ..brokers import BrokerUnavailable
+from ..protocol import (
+    ClientInfo,
+    Disconnect,
+    DisconnectCode,
+    ErrorCode,
+    ProtocolError,
+    StreamPosition,
+    UnsubscribeCode,
+)
+from ..protocol import json_codec as codec
+from ..protocol.messages import (
+    BadCommand,
+    Command,
+    ConnectRequest,
+    ConnectResult,
+    DisconnectPush,
+    EmptyResult,
+    HistoryRequest,
+    HistoryResult,
+    Method,
+    PresenceRequest,
+    PresenceResult,
+    PresenceStatsRequest,
+    PresenceStatsResult,
+    PublishRequest,
+    RefreshRequest,
+    RefreshResult,
+    Result,
+    RPCRequest,
+    RPCResult,
+    SendRequest,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribePush,
+    SubscribeRequest,
+    SubscribeResult,
+    UnsubscribePush,
+    UnsubscribeRequest,
+)
+from .channels import Channel, parse_channel
+from .events import ConnectEvent, MessageEvent, PublishEvent, RPCEvent, SubscribeEvent
+from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+log = logging.getLogger("tidings.session")
+
+# A coalesced frame stops growing past this size, so one frame never holds a
+# client's whole backlog (clients read a frame in one piece).
+MAX_COALESCED_FRAME = 64 * 1024
+
+
+class Transport(Protocol):
+    """The I/O a session needs from its WebSocket."""
+
+    async def send(self, frame: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class State(Enum):
+    CONNECTING = 1
+    CONNECTED = 2
+    CLOSED = 3
+
+
+@dataclass(slots=True)
+class Subscription:
+    channel: Channel
+    info: ClientInfo
+    recoverable: bool
+    positioned: bool
+    join_leave: bool
+    expires_at: float | None = None
+
+
+class Session:
+    """The server side of one connection."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        transport: Transport,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.settings = hub.settings
+        self.transport = transport
+        self.headers = headers or {}
+        self.client_id = str(uuid.uuid4())
+        self.user = ""
+        self.state = State.CONNECTING
+        self.conn_info: bytes | None = None
+        self.expires_at: float | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        # Pushes for channels whose subscribe reply is not sent yet: the SDKs
+        # drop pushes that arrive before the reply. (offset, frame, size).
+        self._pending: dict[str, list[tuple[int, str, int]]] = {}
+        # Channels whose subscribe reply is computed: the highest offset it covers.
+        self._ready: dict[str, int] = {}
+        self._queue: deque[tuple[str, int]] = deque()
+        self._queued_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._bucket = TokenBucket(self.settings.command_rate, self.settings.command_burst)
+        self._loop = asyncio.get_running_loop()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._awaiting_pong = False
+        self._schedule("auth", self.settings.auth_timeout, self._auth_timeout)
+
+    # --- identity ---------------------------------------------------------
+
+    @property
+    def info(self) -> ClientInfo:
+        return ClientInfo(user=self.user, client=self.client_id, conn_info=self.conn_info)
+
+    @property
+    def closed_already(self) -> bool:
+        return self.state is State.CLOSED
+
+    def wants_join_leave(self, channel: str) -> bool:
+        sub = self.subscriptions.get(channel)
+        return sub is not None and sub.join_leave
+
+    # --- outgoing ---------------------------------------------------------
+
+    def deliver(self, channel: str, frame: str, size: int, offset: int = 0) -> None:
+        """Queue a push for ``channel``: the fan-out hot path.
+
+        ``frame`` was encoded once for every subscriber; this only appends it.
+        """
+        pending = self._pending.get(channel) if self._pending else None
+        if pending is not None:
+            pending.append((offset, frame, size))
+            return
+        self._enqueue(frame, size)
+
+    def _enqueue(self, frame: str, size: int) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._queue.append((frame, size))
+        self._queued_bytes += size
+        if self._queued_bytes > self.settings.write_queue_max_bytes:
+            self.hub.metrics_slow_disconnects += 1
+            self.disconnect(Disconnect.of(DisconnectCode.SLOW))
+            return
+        if self._writer is None:
+            self._writer = self._loop.create_task(self._write_loop())
+
+    def _send_bytes(self, data: bytes) -> None:
+        self._enqueue(data.decode(), len(data))
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                frame, size = queue.popleft()
+                if queue and size < MAX_COALESCED_FRAME:
+                    # Coalesce: one frame, one system call, for all that is queued.
+                    parts = [frame]
+                    total = size
+                    while queue and total + queue[0][1] < MAX_COALESCED_FRAME:
+                        part, part_size = queue.popleft()
+                        parts.append(part)
+                        total += part_size + 1
+                    self._queued_bytes -= total - len(parts) + 1
+                    frame = "\n".join(parts)
+                else:
+                    self._queued_bytes -= size
+                await self.transport.send(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.disconnect(Disconnect.of(DisconnectCode.WRITE_ERROR))
+        finally:
+            self._writer = None
+
+    # --- timers -----------------------------------------------------------
+
+    def _schedule(self, name: str, delay: float, callback: Any) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        self._timers[name] = self._loop.call_later(max(delay, 0.0), callback)
+
+    def _auth_timeout(self) -> None:
+        if self.state is State.CONNECTING:
+            self.disconnect(Disconnect.of(DisconnectCode.STALE))
+
+    def _ping(self) -> None:
+        if self.state is not State.CONNECTED:
+            return
+        self._awaiting_pong = True
+        self._send_bytes(codec.PING)
+        self._schedule("pong", self.settings.pong_timeout, self._pong_deadline)
+        self._schedule("ping", self.settings.ping_interval, self._ping)
+
+    def _pong_deadline(self) -> None:
+        if self._awaiting_pong:
+            self.disconnect(Disconnect.of(DisconnectCode.NO_PONG))
+
+    def _set_expiry(self, expires_at: float | None) -> None:
+        self.expires_at = expires_at
+        if expires_at is None:
+            self._timers.pop("expiry", None)
+            return
+        delay = expires_at - time.time() + self.settings.token_expiry_grace
+        self._schedule("expiry", delay, self._expiry_check)
+
+    def _expiry_check(self) -> None:
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            self.disconnect(Disconnect.of(DisconnectCode.EXPIRED))
+
+    def _ttl(self, expires_at: float | None) -> tuple[bool, int]:
+        if expires_at is None:
+            return False, 0
+        return True, max(0, int(expires_at - time.time()))
+
+    # --- closing ----------------------------------------------------------
+
+    def disconnect(self, reason: Disconnect) -> None:
+        """Close this connection with ``reason``. Safe to call from anywhere, more than once."""
+        if self.state is State.CLOSED:
+            return
+        was_connected = self.state is State.CONNECTED
+        self.state = State.CLOSED
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._pending.clear()
+        subscriptions = list(self.subscriptions.values())
+        self.hub.detach(self)
+        self.subscriptions.clear()
+        self._closer = self._loop.create_task(
+            self._close(reason, subscriptions if was_connected else [])
+        )
+
+    async def _close(self, reason: Disconnect, subscriptions: list[Subscription]) -> None:
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+        try:
+            await self.hub.leave_all(self, subscriptions)
+        except Exception:
+            log.exception("cleanup of client %s failed", self.client_id)
+        if reason.code == DisconnectCode.CONNECTION_CLOSED:
+            return
+        try:
+            if reason.code != DisconnectCode.SLOW:
+                # Also say it in-band: some proxies do not pass close codes through.
+                push = codec.encode_push("", DisconnectPush(reason.code, reason.reason))
+                await self.transport.send(push.decode())
+            await self.transport.close(reason.code, reason.reason)
+        except Exception:
+            pass  # the peer is gone already
+
+    async def closed(self) -> None:
+        """Wait until the connection is fully closed and cleaned up."""
+        if self._closer is not None:
+            await self._closer
+
+    # --- incoming ---------------------------------------------------------
+
+    async def handle_frame(self, frame: str) -> None:
+        """Decode a text frame and run each of its commands in order."""
+        try:
+            commands = codec.decode_frame(frame)
+        except Disconnect as d:
+            self.disconnect(d)
+            return
+        for command in commands:
+            if self.state is State.CLOSED:
+                return
+            await self._handle(command)
+
+    async def _handle(self, command: Command | BadCommand) -> None:
+        if isinstance(command, BadCommand):
+            self._reply_error(command.id, ProtocolError(command.code, command.message))
+            return
+        if command.method is None:
+            self._awaiting_pong = False  # an empty command is a pong
+            return
+        if not self._bucket.take():
+            self.hub.metrics_rate_limited += 1
+            if command.id:
+                self._reply_error(command.id, ProtocolError.of(ErrorCode.TOO_MANY_REQUESTS))
+            return
+        if self.state is State.CONNECTING and command.method is not Method.CONNECT:
+            self.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, "connect first"))
+            return
+        handler = getattr(self, f"_cmd_{command.method.value}")
+        try:
+            result: Result | None = await handler(command.request)
+        except ProtocolError as e:
+            self._reply_error(command.id, e)
+            return
+        except Disconnect as d:
+            self.disconnect(d)
+            return
+        except BrokerUnavailable:
+            self._reply_error(
+                command.id, ProtocolError.of(ErrorCode.INTERNAL, "broker unavailable")
+            )
+            return
+        except Exception:
+            log.exception("command %s of client %s failed", command.method.value, self.client_id)
+            self._reply_error(command.id, ProtocolError.of(ErrorCode.INTERNAL))
+            return
+        if result is not None and command.id and self.state is not State.CLOSED:
+            self._send_bytes(codec.encode_reply(command.id, command.method, result))
+        self._release_pending()
+
+    def _reply_error(self, command_id: int, error: ProtocolError) -> None:
+        if command_id:
+            self._send_bytes(codec.encode_error(command_id, error))
+
+    # --- commands ---------------------------------------------------------
+
+    async def _cmd_connect(self, req: ConnectRequest) -> ConnectResult:
+        if self.state is not State.CONNECTING:
+            raise Disconnect.of(DisconnectCode.BAD_REQUEST, "already connected")
+        hub = self.hub
+        user = ""
+        info = None
+        channels: list[str] = []
+        if req.token:
+            try:
+                claims = hub.verifier.verify_connection(req.token)
+            except TokenExpired:
+                raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
+            except InvalidToken:
+                hub.metrics_auth_failures += 1
+                raise Disconnect.of(DisconnectCode.INVALID_TOKEN) from None
+            user, info = claims.user, claims.info
+            self.expires_at = claims.expires_at
+            channels = list(claims.channels)
+        event = ConnectEvent(
+            client_id=self.client_id,
+            user=user,
+            data=_loads(req.data),
+            name=req.name,
+            version=req.version,
+            headers=self.headers,
+            info=_loads(info),
+            channels=channels,
+        )
+        if hub.handlers.connect is not None:
+            await hub.handlers.connect(event)
+            info = _dumps(event.info)
+        if not req.token and event.user == "" and not self.settings.allow_anonymous:
+            hub.metrics_auth_failures += 1
+            raise Disconnect.of(DisconnectCode.INVALID_TOKEN, "token required")
+        if self.closed_already:  # the handler took long and the client went away
+            raise Disconnect.of(DisconnectCode.CONNECTION_CLOSED)
+        self.user = event.user
+        self.conn_info = info
+        self.state = State.CONNECTED
+        self._timers.pop("auth").cancel()
+        hub.attach(self)
+        self._set_expiry(self.expires_at)
+        self._schedule("ping", self.settings.ping_interval, self._ping)
+
+        subs: dict[str, SubscribeResult] = {}
+        for name in event.channels:
+            try:
+                channel = parse_channel(name, self.settings)
+            except ProtocolError:
+                log.warning("server-side channel %r of user %r is invalid", name, self.user)
+                continue
+            if name in self.subscriptions:
+                continue
+            position = req.subs.get(name)
+            subs[name] = await self._subscribe(
+                channel,
+                position or SubscribeRequest(channel=name),
+                self.info,
+            )
+        expires, ttl = self._ttl(self.expires_at)
+        return ConnectResult(
+            client=self.client_id,
+            version=hub.version,
+            expires=expires,
+            ttl=ttl,
+            data=_dumps(event.reply_data),
+            subs=subs,
+            ping=max(1, round(self.settings.ping_interval)),
+            pong=True,
+            node=hub.node_name,
+        )
+
+    async def _cmd_refresh(self, req: RefreshRequest) -> RefreshResult:
+        try:
+            claims = self.hub.verifier.verify_connection(req.token)
+        except TokenExpired:
+            raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
+        except InvalidToken:
+            self.hub.metrics_auth_failures += 1
+            raise Disconnect.of(DisconnectCode.INVALID_TOKEN) from None
+        if claims.user != self.user:
+            raise Disconnect.of(DisconnectCode.INVALID_TOKEN, "token user mismatch")
+        self._set_expiry(claims.expires_at)
+        expires, ttl = self._ttl(claims.expires_at)
+        return RefreshResult(
+            client=self.client_id, version=self.hub.version, expires=expires, ttl=ttl
+        )
+
+    def _channel(self, name: str) -> Channel:
+        return parse_channel(name, self.settings)
+
+    async def _cmd_subscribe(self, req: SubscribeRequest) -> SubscribeResult:
+        channel = self._channel(req.channel)
+        if req.channel in self.subscriptions:
+            raise ProtocolError.of(ErrorCode.ALREADY_SUBSCRIBED)
+        if len(self.subscriptions) >= self.settings.max_channels_per_connection:
+            raise ProtocolError.of(ErrorCode.LIMIT_EXCEEDED, "too many channels")
+        options = channel.options
+        chan_info: bytes | None = None
+        expires_at: float | None = None
+        if channel.private:
+            claims = self._verify_subscription_token(req.token, req.channel)
+            chan_info, expires_at = claims.info, claims.expires_at
+        elif not channel.user_allowed(self.user):
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        elif self.user == "" and not options.allow_subscribe_for_anonymous:
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        elif self.user != "" and not options.allow_subscribe_for_client:
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        reply_data = None
+        handler = self.hub.handlers.subscribe
+        if handler is not None:
+            event = SubscribeEvent(
+                client_id=self.client_id,
+                user=self.user,
+                channel=req.channel,
+                data=_loads(req.data),
+                chan_info=_loads(chan_info),
+            )
+            await handler(event)
+            chan_info = _dumps(event.chan_info)
+            reply_data = _dumps(event.reply_data)
+            if self.state is State.CLOSED or req.channel in self.subscriptions:
+                raise ProtocolError.of(ErrorCode.ALREADY_SUBSCRIBED)
+        info = ClientInfo(self.user, self.client_id, self.conn_info, chan_info)
+        result = await self._subscribe(channel, req, info, expires_at=expires_at)
+        if reply_data is not None:
+            return SubscribeResult(
+                expires=result.expires,
+                ttl=result.ttl,
+                recoverable=result.recoverable,
+                epoch=result.epoch,
+                publications=result.publications,
+                recovered=result.recovered,
+                offset=result.offset,
+                positioned=result.positioned,
+                data=reply_data,
+                was_recovering=result.was_recovering,
+            )
+        return result
+
+    def _verify_subscription_token(self, token: str, channel: str) -> Any:
+        if not token:
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")
+        try:
+            claims = self.hub.verifier.verify_subscription(token)
+        except TokenExpired:
+            raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
+        except InvalidToken:
+            self.hub.metrics_auth_failures += 1
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED) from None
+        if claims.channel != channel or claims.user != self.user:
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        return claims
+
+    async def _subscribe(
+        self,
+        channel: Channel,
+        req: SubscribeRequest,
+        info: ClientInfo,
+        *,
+        expires_at: float | None = None,
+    ) -> SubscribeResult:
+        """Join a channel and answer with its position or the publications missed.
+
+        The session joins the channel's fan-out *before* it reads history, and
+        holds that channel's pushes until the reply is queued; then it drops
+        the held ones the reply already covers. Nothing falls in between.
+        """
+        name = channel.name
+        options = channel.options
+        history = options.history_enabled
+        recoverable = history and (options.force_recovery or req.recoverable or req.recover)
+        positioned = history and (options.force_positioning or req.positioned or recoverable)
+        join_leave = options.join_leave and (options.force_push_join_leave or req.join_leave)
+        sub = Subscription(channel, info, recoverable, positioned, join_leave, expires_at)
+        self.subscriptions[name] = sub
+        self._pending[name] = []
+        try:
+            await self.hub.add_subscriber(name, self)
+            publications: list[Any] = []
+            recovered = False
+            position = StreamPosition(0, "")
+            if req.recover and recoverable:
+                since = StreamPosition(req.offset, req.epoch)
+                publications, position = await self.hub.broker.history(
+                    name, since=since, limit=options.history_size
+                )
+                recovered = position.epoch == req.epoch and (
+                    publications[0].offset == req.offset + 1
+                    if publications
+                    else position.offset == req.offset
+                )
+                if not recovered:
+                    publications = []
+            elif positioned:
+                _, position = await self.hub.broker.history(name, since=None, limit=0)
+            if options.presence:
+                await self.hub.broker.add_presence(name, self.client_id, info)
+            if options.join_leave:
+                await self.hub.broker.publish_join(name, info)
+        except BaseException:
+            self.subscriptions.pop(name, None)
+            self._pending.pop(name, None)
+            await self.hub.remove_subscriber(name, self)
+            raise
+        # Held pushes with an offset up to here are in the reply (or before the
+        # position the client starts from): drop them as duplicates.
+        self._ready[name] = max(position.offset, publications[-1].offset if publications else 0)
+        expires, ttl = self._ttl(expires_at)
+        return SubscribeResult(
+            expires=expires,
+            ttl=ttl,
+            recoverable=recoverable,
+            epoch=position.epoch if positioned else "",
+            publications=tuple(publications),
+            recovered=recovered,
+            offset=position.offset if positioned else 0,
+            positioned=positioned,
+            was_recovering=req.recover and recoverable,
+        )
+
+    def _release_pending(self) -> None:
+        """After a reply is queued, send the pushes held back for its channels."""
+        if not self._ready:
+            return
+        for name, covered in self._ready.items():
+            held = self._pending.pop(name, None) or []
+            for offset, frame, size in held:
+                if offset == 0 or offset > covered:
+                    self._enqueue(frame, size)
+        self._ready.clear()
+
+    async def server_subscribe(self, channel: Channel) -> None:
+        """Subscribe this connection on the server side and tell the client with a push."""
+        if channel.name in self.subscriptions or self.state is not State.CONNECTED:
+            return
+        result = await self._subscribe(channel, SubscribeRequest(channel=channel.name), self.info)
+        push = SubscribePush(
+            recoverable=result.recoverable,
+            epoch=result.epoch,
+            offset=result.offset,
+            positioned=result.positioned,
+        )
+        self._send_bytes(codec.encode_push(channel.name, push))
+        self._release_pending()
+
+    async def server_unsubscribe(self, channel: str) -> None:
+        """End a subscription from the server side and tell the client with a push."""
+        sub = self.subscriptions.pop(channel, None)
+        if sub is None:
+            return
+        self._pending.pop(channel, None)
+        push = UnsubscribePush(int(UnsubscribeCode.SERVER), "server unsubscribe")
+        self._send_bytes(codec.encode_push(channel, push))
+        await self.hub.leave(self, sub)
+
+    def send_push(self, data: bytes) -> None:
+        """Queue an already-encoded connection-level push."""
+        self._send_bytes(data)
+
+    async def _cmd_unsubscribe(self, req: UnsubscribeRequest) -> EmptyResult:
+        sub = self.subscriptions.pop(req.channel, None)
+        if sub is not None:
+            self._pending.pop(req.channel, None)
+            await self.hub.leave(self, sub)
+        return EmptyResult()
+
+    def _can(self, channel: Channel, for_client: bool, for_subscriber: bool) -> bool:
+        if for_client and self.user != "" and channel.user_allowed(self.user):
+            return True
+        sub = self.subscriptions.get(channel.name)
+        return for_subscriber and sub is not None and channel.name not in self._pending
+
+    async def _cmd_publish(self, req: PublishRequest) -> EmptyResult:
+        channel = self._channel(req.channel)
+        options = channel.options
+        if not self._can(
+            channel, options.allow_publish_for_client, options.allow_publish_for_subscriber
+        ):
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        data = req.data
+        handler = self.hub.handlers.publish
+        if handler is not None:
+            event = PublishEvent(self.client_id, self.user, req.channel, orjson.loads(data))
+            await handler(event)
+            data = orjson.dumps(event.data)
+        sub = self.subscriptions.get(req.channel)
+        info = sub.info if sub is not None else self.info
+        await self.hub.publish(channel, data, info=info)
+        return EmptyResult()
+
+    def _presence_allowed(self, name: str) -> Channel:
+        channel = self._channel(name)
+        options = channel.options
+        if not self._can(
+            channel, options.allow_presence_for_client, options.allow_presence_for_subscriber
+        ):
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        return channel
+
+    async def _cmd_presence(self, req: PresenceRequest) -> PresenceResult:
+        channel = self._presence_allowed(req.channel)
+        return PresenceResult(await self.hub.presence(channel))
+
+    async def _cmd_presence_stats(self, req: PresenceStatsRequest) -> PresenceStatsResult:
+        channel = self._presence_allowed(req.channel)
+        clients = await self.hub.presence(channel)
+        return PresenceStatsResult(len(clients), len({c.user for c in clients.values()}))
+
+    async def _cmd_history(self, req: HistoryRequest) -> HistoryResult:
+        channel = self._channel(req.channel)
+        options = channel.options
+        if not self._can(
+            channel, options.allow_history_for_client, options.allow_history_for_subscriber
+        ):
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+        return await self.hub.history(
+            channel, limit=req.limit, since=req.since, reverse=req.reverse
+        )
+
+    async def _cmd_ping(self, req: object) -> EmptyResult:
+        return EmptyResult()
+
+    async def _cmd_rpc(self, req: RPCRequest) -> RPCResult:
+        handler = self.hub.handlers.rpc.get(req.method)
+        if handler is None:
+            raise ProtocolError.of(ErrorCode.METHOD_NOT_FOUND)
+        result = await handler(RPCEvent(self.client_id, self.user, req.method, _loads(req.data)))
+        return RPCResult(_dumps(result))
+
+    async def _cmd_send(self, req: SendRequest) -> None:
+        handler = self.hub.handlers.message
+        if handler is not None:
+            await handler(MessageEvent(self.client_id, self.user, orjson.loads(req.data)))
+
+    async def _cmd_sub_refresh(self, req: SubRefreshRequest) -> SubRefreshResult:
+        sub = self.subscriptions.get(req.channel)
+        if sub is None:
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        claims = self._verify_subscription_token(req.token, req.channel)
+        sub.expires_at = claims.expires_at
+        expires, ttl = self._ttl(claims.expires_at)
+        return SubRefreshResult(expires=expires, ttl=ttl)
+
+
+def _loads(data: bytes | None) -> Any:
+    return None if data is None else orjson.loads(data)
+
+
+def _dumps(value: Any) -> bytes | None:
+    return None if value is None else orjson.dumps(value)

@@ -1,0 +1,57 @@
+"""Running a Tidings app under uvicorn, with a graceful SIGTERM.
+
+uvicorn's own shutdown closes WebSockets with 1012; Tidings closes them first
+with its documented 3001 (shutdown: reconnect), after it stops listening and
+before uvicorn waits for in-flight HTTP requests (server API calls) to finish.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+
+from .app import Tidings, create_app
+from .config import Settings
+
+
+class TidingsServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, tidings: Tidings) -> None:
+        super().__init__(config)
+        self.tidings = tidings
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # stop accepting before clients are told to reconnect
+        await self.tidings.close_connections()
+        await super().shutdown(sockets)
+
+
+def build_server(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tidings: Tidings | None = None,
+    log_level: str | None = None,
+) -> TidingsServer:
+    """The uvicorn server ``tidings serve`` runs: uvloop, httptools, and our limits."""
+    hub = tidings or Tidings(settings)
+    app = create_app(tidings=hub)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        # The WebSocket layer refuses bigger messages (after decompression) with 1009.
+        ws_max_size=hub.settings.max_message_size,
+        # Tidings sends its own pings; the protocol's pong detects dead clients.
+        ws_ping_interval=None,
+        lifespan="on",
+        log_level=log_level or hub.settings.log_level,
+        timeout_graceful_shutdown=hub.settings.shutdown_timeout,
+        proxy_headers=True,
+    )
+    return TidingsServer(config, hub)

@@ -1,0 +1,1 @@
+"""Glue between Starlette WebSockets and the hub: thin, in one order: decode, act, flush."""

@@ -1,0 +1,112 @@
+"""The WebSocket endpoints: the protocol (``/connection/websocket``) and the echo demo (``/ws``)."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from starlette.websockets import WebSocket
+
+from ..hub import Hub
+from ..hub.session import State
+from ..protocol import Disconnect, DisconnectCode
+
+log = logging.getLogger("tidings.transport")
+
+
+class StarletteTransport:
+    """What a session needs of a Starlette WebSocket: send a text frame, close."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+
+    async def send(self, frame: str) -> None:
+        await self._ws.send({"type": "websocket.send", "text": frame})
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """Check a browser's Origin header against the allowlist.
+
+    Clients that send no Origin are not browsers and are allowed. With an empty
+    allowlist only the same origin is: the Origin's host must equal the Host
+    header. Matching is exact, so ``null`` and suffix tricks
+    (``app.example.com.evil.com``) never pass.
+    """
+    if origin is None:
+        return True
+    if allowed:
+        return origin != "null" and origin in allowed
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
+
+
+def _too_big(text: str, limit: int) -> bool:
+    # A str of n characters encodes to at most 4n bytes: encode only when it may matter.
+    return len(text) * 4 > limit and len(text.encode()) > limit
+
+
+async def protocol_endpoint(ws: WebSocket, hub: Hub) -> None:
+    """Serve one client of the Centrifugo protocol (JSON format)."""
+    settings = hub.settings
+    if not origin_allowed(
+        ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins
+    ):
+        log.info("refused WebSocket from origin %r", ws.headers.get("origin"))
+        await ws.close(code=1008)  # before accept: the handshake gets HTTP 403
+        return
+    if not hub.running:
+        await ws.close(code=1013)
+        return
+    await ws.accept()
+    session = hub.open_session(StarletteTransport(ws), headers=dict(ws.headers))
+    limit = settings.max_message_size
+    try:
+        while session.state is not State.CLOSED:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                session.disconnect(
+                    Disconnect.of(DisconnectCode.BAD_REQUEST, "binary frame on a JSON connection")
+                )
+                break
+            if _too_big(text, limit):
+                session.disconnect(Disconnect.of(DisconnectCode.MESSAGE_TOO_BIG))
+                break
+            await session.handle_frame(text)
+    finally:
+        session.disconnect(Disconnect.of(DisconnectCode.CONNECTION_CLOSED))
+        await session.closed()
+
+
+async def echo_endpoint(ws: WebSocket, hub: Hub) -> None:
+    """The friendly first demo: every text message comes back as it was sent."""
+    settings = hub.settings
+    if not origin_allowed(
+        ws.headers.get("origin"), ws.headers.get("host"), settings.allowed_origins
+    ):
+        await ws.close(code=1008)
+        return
+    await ws.accept()
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        data = message.get("bytes")
+        if text is not None:
+            if _too_big(text, settings.max_message_size):
+                await ws.close(int(DisconnectCode.MESSAGE_TOO_BIG), "message too big")
+                return
+            await ws.send_text(text)
+        elif data is not None:
+            if len(data) > settings.max_message_size:
+                await ws.close(int(DisconnectCode.MESSAGE_TOO_BIG), "message too big")
+                return
+            await ws.send_bytes(data)

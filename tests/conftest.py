@@ -1,0 +1,108 @@
+"""Shared test fixtures: real servers on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tidings import Settings, Tidings
+from tidings.auth import make_connection_token
+from tidings.server import build_server
+
+SECRET = "test-secret-0123456789abcdef0123456789"
+API_KEY = "test-api-key"
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Running:
+    tidings: Tidings
+    host: str
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/connection/websocket"
+
+    @property
+    def settings(self) -> Settings:
+        return self.tidings.settings
+
+    def token(self, user: str, **kwargs: Any) -> str:
+        assert self.settings.secret
+        return make_connection_token(self.settings.secret, user, **kwargs)
+
+
+def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "secret": SECRET,
+        "api_key": API_KEY,
+        "data_dir": tmp_path,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings.load(**values)
+
+
+@asynccontextmanager
+async def running_server(
+    settings: Settings, tidings: Tidings | None = None
+) -> AsyncIterator[Running]:
+    """Run the real uvicorn server, as `tidings serve` does, on a free loopback port."""
+    hub = tidings or Tidings(settings)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = build_server(hub.settings, host="127.0.0.1", port=port, tidings=hub)
+    server.config.loop = "none"  # share the test's event loop
+    with sock:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            await wait_for(lambda: server.started or task.done(), timeout=10)
+            if task.done():
+                task.result()
+            yield Running(hub, "127.0.0.1", port)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return test_settings(tmp_path)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Running]:
+    async with running_server(settings) as running:
+        yield running
