@@ -73,6 +73,9 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings.load(**values)
 
 
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @asynccontextmanager
 async def running_server(
     settings: Settings, tidings: Tidings | None = None

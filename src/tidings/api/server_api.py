@@ -4,8 +4,9 @@ Answers ``{"result": ...}`` or ``{"error": {"code", "message"}}``. Errors of the
 request itself are HTTP 4xx with a JSON body: 401 for a missing or wrong key,
 400 for a body that is not a JSON object, 404 for an unknown method, 413 for a
 body over the size limit. Errors of the operation (an unknown channel, say)
-are HTTP 200 with an error body, as Centrifugo does and ``cent`` expects. A
-broker that cannot deliver gives HTTP 503, never a false success.
+are HTTP 200 with an error body, as Centrifugo does and ``cent`` expects;
+parameters of the wrong type or missing are HTTP 400. A broker that cannot
+deliver gives HTTP 503, never a false success.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ ApiMethod = Callable[[Hub, Params], Awaitable[Any]]
 
 
 class ApiError(Exception):
-    def __init__(self, code: ErrorCode, message: str | None = None, status: int = 200) -> None:
+    """A request the server cannot act on: wrong or missing parameters (HTTP 400)."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None, status: int = 400) -> None:
         error = ProtocolError.of(code, message)
         super().__init__(error.message)
         self.code = error.code
@@ -299,4 +302,6 @@ async def handle_api_request(hub: Hub, method: str, request: Request) -> Respons
     if not isinstance(params, dict):
         return _json(400, _error(int(ErrorCode.BAD_REQUEST), "body must be a JSON object"))
     status, reply = await _call(hub, api_method, params)
+    if api_method is api_batch and "result" in reply:
+        reply = reply["result"]  # Centrifugo answers a batch with its replies at the top
     return _json(status, reply)
