@@ -7,6 +7,7 @@ before uvicorn waits for in-flight HTTP requests (server API calls) to finish.
 
 from __future__ import annotations
 
+import math
 import socket
 
 import uvicorn
@@ -51,7 +52,7 @@ def build_server(
         ws_ping_interval=None,
         lifespan="on",
         log_level=log_level or hub.settings.log_level,
-        timeout_graceful_shutdown=hub.settings.shutdown_timeout,
+        timeout_graceful_shutdown=math.ceil(hub.settings.shutdown_timeout),
         proxy_headers=True,
     )
     return TidingsServer(config, hub)
