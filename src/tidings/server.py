@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import MutableMapping
+from typing import Any
 
 import uvicorn
 
@@ -20,6 +22,17 @@ class TidingsServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, tidings: Tidings) -> None:
         super().__init__(config)
         self.tidings = tidings
+        tidings.hub.abort_hook = self.abort_connection
+
+    def abort_connection(self, scope: MutableMapping[str, Any]) -> bool:
+        """Drop the connection serving ``scope`` (a client that stopped reading)."""
+        for connection in self.server_state.connections:
+            if getattr(connection, "scope", None) is scope:
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+                    return True
+        return False
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

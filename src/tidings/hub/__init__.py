@@ -9,10 +9,11 @@ from .events import (
     RPCEvent,
     SubscribeEvent,
 )
-from .hub import Hub
+from .hub import AbortHook, Hub
 from .session import Session
 
 __all__ = [
+    "AbortHook",
     "Channel",
     "ConnectEvent",
     "Handlers",

@@ -13,7 +13,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from .. import __version__
@@ -42,6 +42,9 @@ from .session import Session, Subscription, Transport
 
 log = logging.getLogger("tidings.hub")
 
+# Given an ASGI scope, drops that connection at once; installed by the server.
+AbortHook = Callable[[MutableMapping[str, Any]], bool]
+
 
 class Hub:
     """Sessions, local channel membership and fan-out for one node."""
@@ -69,6 +72,7 @@ class Hub:
         # Channels whose upstream (broker) subscription is being set up.
         self._upstream: dict[str, asyncio.Future[bool]] = {}
         self.running = False
+        self.abort_hook: AbortHook | None = None
         # Counters (exposed as metrics).
         self.metrics_slow_disconnects = 0
         self.metrics_auth_failures = 0

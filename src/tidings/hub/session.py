@@ -75,6 +75,9 @@ log = logging.getLogger("tidings.session")
 # client's whole backlog (clients read a frame in one piece).
 MAX_COALESCED_FRAME = 64 * 1024
 
+# Seconds a closing connection gets to take its close frame before it is dropped.
+CLOSE_TIMEOUT = 5.0
+
 
 class Transport(Protocol):
     """The I/O a session needs from its WebSocket."""
@@ -82,6 +85,9 @@ class Transport(Protocol):
     async def send(self, frame: str) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
 
 
 class State(Enum):
@@ -275,13 +281,20 @@ class Session:
         if reason.code == DisconnectCode.CONNECTION_CLOSED:
             return
         try:
-            if reason.code != DisconnectCode.SLOW:
-                # Also say it in-band: some proxies do not pass close codes through.
-                push = codec.encode_push("", DisconnectPush(reason.code, reason.reason))
-                await self.transport.send(push.decode())
-            await self.transport.close(reason.code, reason.reason)
+            # A peer that stopped reading would hold the close frame (and this
+            # task) forever: give it a while, then drop the connection.
+            await asyncio.wait_for(self._say_goodbye(reason), CLOSE_TIMEOUT)
+        except TimeoutError:
+            self.transport.abort()
         except Exception:
             pass  # the peer is gone already
+
+    async def _say_goodbye(self, reason: Disconnect) -> None:
+        if reason.code != DisconnectCode.SLOW:
+            # Also say it in-band: some proxies do not pass close codes through.
+            push = codec.encode_push("", DisconnectPush(reason.code, reason.reason))
+            await self.transport.send(push.decode())
+        await self.transport.close(reason.code, reason.reason)
 
     async def closed(self) -> None:
         """Wait until the connection is fully closed and cleaned up."""

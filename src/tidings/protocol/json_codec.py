@@ -107,7 +107,14 @@ def _uint(obj: Obj, key: str, maximum: int = _UINT64_MAX) -> int:
     if value is None:
         return 0
     # The Protobuf JSON mapping writes 64-bit integers as strings.
-    if isinstance(value, str) and maximum == _UINT64_MAX and value.isdigit() and len(value) <= 20:
+    # isascii: str.isdigit() also accepts digits int() refuses ("²") or that JSON never means.
+    if (
+        isinstance(value, str)
+        and maximum == _UINT64_MAX
+        and value.isascii()
+        and value.isdigit()
+        and len(value) <= 20
+    ):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
         raise _WrongType(key)
@@ -131,7 +138,11 @@ def _data(obj: Obj, key: str) -> bytes | None:
     value = obj.get(key)
     if value is None:
         return None
-    return orjson.dumps(value)
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels of nesting but writes only 254.
+        raise _WrongType(key) from None
 
 
 def _channel(obj: Obj) -> str:

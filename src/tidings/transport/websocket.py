@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket
 
-from ..hub import Hub
+from ..hub import AbortHook, Hub
 from ..hub.session import State
 from ..protocol import Disconnect, DisconnectCode
 
@@ -15,18 +15,26 @@ log = logging.getLogger("tidings.transport")
 
 
 class StarletteTransport:
-    """What a session needs of a Starlette WebSocket: send a text frame, close."""
+    """What a session needs of a Starlette WebSocket: send a text frame, close, abort."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_abort_hook", "_ws")
 
-    def __init__(self, ws: WebSocket) -> None:
+    def __init__(self, ws: WebSocket, abort_hook: AbortHook | None) -> None:
         self._ws = ws
+        self._abort_hook = abort_hook
 
     async def send(self, frame: str) -> None:
         await self._ws.send({"type": "websocket.send", "text": frame})
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason)
+
+    def abort(self) -> None:
+        # ASGI cannot drop a connection whose peer stopped reading; the server
+        # that runs us may (see tidings.server). Otherwise the connection stays
+        # until the peer reads or TCP gives up, its buffers bounded meanwhile.
+        if self._abort_hook is not None:
+            self._abort_hook(self._ws.scope)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -63,7 +71,8 @@ async def protocol_endpoint(ws: WebSocket, hub: Hub) -> None:
         await ws.close(code=1013)
         return
     await ws.accept()
-    session = hub.open_session(StarletteTransport(ws), headers=dict(ws.headers))
+    transport = StarletteTransport(ws, hub.abort_hook)
+    session = hub.open_session(transport, headers=dict(ws.headers))
     limit = settings.max_message_size
     try:
         while session.state is not State.CLOSED:
