@@ -314,6 +314,12 @@ class Session:
             if self.state is State.CLOSED:
                 return
             await self._handle(command)
+            if self.state is State.CONNECTING:
+                # The connect failed with an error reply (109: get a new token). As
+                # Centrifugo does, skip the rest of the frame: the SDKs batch their
+                # subscribes after connect, and those must not close the connection
+                # with a terminal 3501 (dropping the reply) before the client retries.
+                return
 
     async def _handle(self, command: Command | BadCommand) -> None:
         if isinstance(command, BadCommand):
@@ -333,24 +339,21 @@ class Session:
         handler = getattr(self, f"_cmd_{command.method.value}")
         try:
             result: Result | None = await handler(command.request)
+            if result is not None and command.id and self.state is not State.CLOSED:
+                self._send_bytes(codec.encode_reply(command.id, command.method, result))
         except ProtocolError as e:
             self._reply_error(command.id, e)
-            return
         except Disconnect as d:
             self.disconnect(d)
-            return
         except BrokerUnavailable:
-            self._reply_error(
-                command.id, ProtocolError.of(ErrorCode.INTERNAL, "broker unavailable")
-            )
-            return
+            error = ProtocolError.of(ErrorCode.INTERNAL, "broker unavailable")
+            self._reply_error(command.id, error)
         except Exception:
             log.exception("command %s of client %s failed", command.method.value, self.client_id)
             self._reply_error(command.id, ProtocolError.of(ErrorCode.INTERNAL))
-            return
-        if result is not None and command.id and self.state is not State.CLOSED:
-            self._send_bytes(codec.encode_reply(command.id, command.method, result))
-        self._release_pending()
+        finally:
+            # Subscriptions this command completed may now pass their held pushes.
+            self._release_pending()
 
     def _reply_error(self, command_id: int, error: ProtocolError) -> None:
         if command_id:
@@ -412,11 +415,13 @@ class Session:
             if name in self.subscriptions:
                 continue
             position = req.subs.get(name)
-            subs[name] = await self._subscribe(
-                channel,
-                position or SubscribeRequest(channel=name),
-                self.info,
-            )
+            try:
+                subs[name] = await self._subscribe(
+                    channel, position or SubscribeRequest(channel=name), self.info
+                )
+            except (ProtocolError, BrokerUnavailable):
+                # The connection is half set up: let the client come back and retry.
+                raise Disconnect.of(DisconnectCode.INTERNAL) from None
         expires, ttl = self._ttl(self.expires_at)
         return ConnectResult(
             client=self.client_id,
