@@ -176,7 +176,8 @@ class Tidings:
         self, user: str, *, code: int = int(DisconnectCode.FORCE_NO_RECONNECT), reason: str = ""
     ) -> int:
         """Close every connection of ``user``; returns how many were closed."""
-        return self.hub.disconnect_user(user, Disconnect(code, reason or "force disconnect"))
+        default = "force reconnect" if Disconnect(code, "").reconnect else "force disconnect"
+        return self.hub.disconnect_user(user, Disconnect(code, reason or default))
 
 
 def create_app(settings: Settings | None = None, tidings: Tidings | None = None) -> FastAPI:
