@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,25 @@ from tests.conftest import Running, running_server, test_settings, wait_for
 from tidings import NamespaceOptions
 from tidings.auth import make_subscription_token
 
+# The wire format of the clients in the running test: every test here runs in both.
+WIRE = {"protobuf": False}
+
+
+@pytest.fixture(autouse=True, params=["json", "protobuf"])
+def wire_format(request: pytest.FixtureRequest) -> str:
+    WIRE["protobuf"] = request.param == "protobuf"
+    return str(request.param)
+
+
+def payload(data: Any) -> Any:
+    """What the SDK takes to publish ``data``: bytes in the Protobuf format."""
+    return json.dumps(data).encode() if WIRE["protobuf"] else data
+
+
+def value(data: Any) -> Any:
+    """What a publication carried, whatever the format."""
+    return json.loads(data) if isinstance(data, bytes) else data
+
 
 class Recorder(SubscriptionEventHandler):
     """Remembers everything a subscription saw."""
@@ -51,7 +71,7 @@ class Recorder(SubscriptionEventHandler):
 
     @property
     def data(self) -> list[Any]:
-        return [p.pub.data for p in self.publications]
+        return [value(p.pub.data) for p in self.publications]
 
 
 class ClientRecorder(ClientEventHandler):
@@ -74,6 +94,7 @@ class ClientRecorder(ClientEventHandler):
 async def connected(
     server: Running, user: str, events: ClientEventHandler | None = None, **kwargs: Any
 ) -> AsyncIterator[Client]:
+    kwargs.setdefault("use_protobuf", WIRE["protobuf"])
     client = Client(server.ws_url, token=server.token(user), events=events, **kwargs)
     await client.connect()
     try:
@@ -93,8 +114,8 @@ async def test_publish_reaches_subscribers_with_offset_and_publisher(server: Run
         await sub_b.subscribe()
         await sub_a.ready(timeout=5)
         await sub_b.ready(timeout=5)
-        await sub_a.publish({"text": "hi"})
-        await sub_a.publish({"text": "again"})
+        await sub_a.publish(payload({"text": "hi"}))
+        await sub_a.publish(payload({"text": "again"}))
         await wait_for(lambda: len(theirs.publications) == 2 and len(mine.publications) == 2)
         assert theirs.data == [{"text": "hi"}, {"text": "again"}]
         assert mine.data == theirs.data  # a subscribed publisher gets its own publication
@@ -134,11 +155,11 @@ async def test_history_in_order_with_limits(server: Running) -> None:
         await sub.subscribe()
         await sub.ready(timeout=5)
         everything = await sub.history(limit=-1)
-        assert [p.data["n"] for p in everything.publications] == [0, 1, 2, 3, 4]
+        assert [value(p.data)["n"] for p in everything.publications] == [0, 1, 2, 3, 4]
         offsets = [p.offset for p in everything.publications]
         assert offsets == sorted(offsets) and everything.offset == offsets[-1]
         latest_two = await sub.history(limit=2, reverse=True)
-        assert [p.data["n"] for p in latest_two.publications] == [4, 3]
+        assert [value(p.data)["n"] for p in latest_two.publications] == [4, 3]
 
 
 async def test_recovers_missed_publications_after_reconnect(server: Running) -> None:
@@ -211,31 +232,31 @@ async def test_rpc_and_handlers_change_requests(tmp_path: Path) -> None:
 
         events = ClientRecorder()
         async with connected(server, "carol", events) as carol:
-            result = await carol.rpc("add", {"a": 2, "b": 3})
-            assert result.data == {"sum": 5, "user": "carol"}
+            result = await carol.rpc("add", payload({"a": 2, "b": 3}))
+            assert value(result.data) == {"sum": 5, "user": "carol"}
             with pytest.raises(ReplyError) as missing:
-                await carol.rpc("nope", {})
+                await carol.rpc("nope", payload({}))
             assert missing.value.code == 104
 
             seen = Recorder()
             sub = carol.new_subscription("chat:shout", seen)
             await sub.subscribe()
             await sub.ready(timeout=5)
-            await sub.publish({"text": "quiet"})
+            await sub.publish(payload({"text": "quiet"}))
             await wait_for(lambda: seen.data == [{"text": "QUIET"}])
             info = seen.publications[0].pub.info
-            assert info is not None and info.conn_info == {"display": "Carol"}
+            assert info is not None and value(info.conn_info) == {"display": "Carol"}
 
             # The server-side subscription from on_connect delivers without a subscribe call.
             await tidings.publish("chat:user-carol", {"hello": "carol"})
             await wait_for(lambda: events.server_publications)
-            assert events.server_publications[0].pub.data == {"hello": "carol"}
+            assert value(events.server_publications[0].pub.data) == {"hello": "carol"}
 
 
 async def test_permissions_for_publish_and_unknown_namespace(server: Running) -> None:
     async with connected(server, "mallory") as mallory:
         with pytest.raises(ReplyError) as denied:
-            await mallory.publish("announcements", {"fake": True})
+            await mallory.publish("announcements", payload({"fake": True}))
         assert denied.value.code == 103
 
         unknown = Recorder()
@@ -288,7 +309,7 @@ async def test_private_channel_needs_a_subscription_token_for_that_user(server: 
         sub = alice.new_subscription("$chat:secret", good, token=token)
         await sub.subscribe()
         await sub.ready(timeout=5)
-        await sub.publish({"psst": 1})
+        await sub.publish(payload({"psst": 1}))
         await wait_for(lambda: good.data == [{"psst": 1}])
 
     async with connected(server, "bob") as bob:
@@ -334,7 +355,11 @@ async def test_token_refresh_keeps_the_connection(tmp_path: Path) -> None:
 
         events = ClientRecorder()
         client = Client(
-            server.ws_url, token=server.token("erin", ttl=2), get_token=get_token, events=events
+            server.ws_url,
+            token=server.token("erin", ttl=2),
+            get_token=get_token,
+            events=events,
+            use_protobuf=WIRE["protobuf"],
         )
         await client.connect()
         try:

@@ -29,7 +29,7 @@ from ..protocol import (
     Publication,
     StreamPosition,
 )
-from ..protocol import json_codec as codec
+from ..protocol.formats import JSON, PROTOBUF, WireFormat
 from ..protocol.messages import (
     HistoryResult,
     JoinPush,
@@ -38,7 +38,7 @@ from ..protocol.messages import (
 )
 from .channels import Channel, parse_channel
 from .events import Handlers
-from .session import Session, Subscription, Transport
+from .session import Frame, Session, Subscription, Transport
 
 log = logging.getLogger("tidings.hub")
 
@@ -110,9 +110,12 @@ class Hub:
     # --- sessions ---------------------------------------------------------
 
     def open_session(
-        self, transport: Transport, headers: Mapping[str, str] | None = None
+        self,
+        transport: Transport,
+        headers: Mapping[str, str] | None = None,
+        wire_format: WireFormat = JSON,
     ) -> Session:
-        session = Session(self, transport, headers=headers)
+        session = Session(self, transport, headers=headers, wire_format=wire_format)
         self._open.add(session)
         return session
 
@@ -190,31 +193,46 @@ class Hub:
         subscribers = self.channels.get(channel)
         if not subscribers:
             return
-        # Encode once for every subscriber.
-        data = codec.encode_push(channel, publication)
-        frame = data.decode()
-        size = len(data)
         offset = publication.offset
+        # Encode once per wire format in use, not once per subscriber.
+        text: str | None = None
+        binary: bytes | None = None
+        text_size = binary_size = 0
         # A copy: a delivery may disconnect a slow subscriber, which edits the set.
         targets = tuple(subscribers)
         for session in targets:
-            session.deliver(channel, frame, size, offset)
+            if session.binary:
+                if binary is None:
+                    binary = PROTOBUF.encode_push(channel, publication)
+                    binary_size = len(binary)
+                session.deliver(channel, binary, binary_size, offset)
+            else:
+                if text is None:
+                    encoded = JSON.encode_push(channel, publication)
+                    text, text_size = encoded.decode(), len(encoded)
+                session.deliver(channel, text, text_size, offset)
         self.metrics_publications_out += len(targets)
 
-    def _fan_out_join_leave(self, channel: str, data: bytes) -> None:
+    def _fan_out_join_leave(self, channel: str, body: JoinPush | LeavePush) -> None:
         subscribers = self.channels.get(channel)
         if not subscribers:
             return
-        frame = data.decode()
+        frames: dict[WireFormat, tuple[Frame, int]] = {}
         for session in tuple(subscribers):
-            if session.wants_join_leave(channel):
-                session.deliver(channel, frame, len(data))
+            if not session.wants_join_leave(channel):
+                continue
+            fmt = session.format
+            if fmt not in frames:
+                encoded = fmt.encode_push(channel, body)
+                frames[fmt] = (encoded if fmt.binary else encoded.decode(), len(encoded))
+            frame, size = frames[fmt]
+            session.deliver(channel, frame, size)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
-        self._fan_out_join_leave(channel, codec.encode_push(channel, JoinPush(info)))
+        self._fan_out_join_leave(channel, JoinPush(info))
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
-        self._fan_out_join_leave(channel, codec.encode_push(channel, LeavePush(info)))
+        self._fan_out_join_leave(channel, LeavePush(info))
 
     # --- operations shared by clients, the server API and Python ----------
 
@@ -289,10 +307,9 @@ class Hub:
 
     def send_message(self, user: str, data: bytes) -> int:
         """Push an asynchronous message to every connection of ``user``."""
-        push = codec.encode_push("", MessagePush(data))
         sessions = self.user_sessions(user)
         for session in sessions:
-            session.send_push(push)
+            session.send_push("", MessagePush(data))
         return len(sessions)
 
     def channel_counts(self) -> dict[str, int]:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -32,7 +32,7 @@ from ..protocol import (
     StreamPosition,
     UnsubscribeCode,
 )
-from ..protocol import json_codec as codec
+from ..protocol.formats import JSON, WireFormat
 from ..protocol.messages import (
     BadCommand,
     Command,
@@ -48,6 +48,7 @@ from ..protocol.messages import (
     PresenceStatsRequest,
     PresenceStatsResult,
     PublishRequest,
+    PushBody,
     RefreshRequest,
     RefreshResult,
     Result,
@@ -75,6 +76,9 @@ log = logging.getLogger("tidings.session")
 # client's whole backlog (clients read a frame in one piece).
 MAX_COALESCED_FRAME = 64 * 1024
 
+# What the queue holds: text frames (JSON) or binary frames (Protobuf).
+Frame = str | bytes
+
 # Seconds a closing connection gets to take its close frame before it is dropped.
 CLOSE_TIMEOUT = 5.0
 
@@ -82,7 +86,8 @@ CLOSE_TIMEOUT = 5.0
 class Transport(Protocol):
     """The I/O a session needs from its WebSocket."""
 
-    async def send(self, frame: str) -> None: ...
+    async def send(self, frame: Frame) -> None:
+        """Send one WebSocket message: text for a str, binary for bytes."""
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -115,11 +120,15 @@ class Session:
         transport: Transport,
         *,
         headers: Mapping[str, str] | None = None,
+        wire_format: WireFormat = JSON,
     ) -> None:
         self.hub = hub
         self.settings = hub.settings
         self.transport = transport
         self.headers = headers or {}
+        self.format = wire_format
+        # Checked per delivery by the fan-out, which encodes once per format.
+        self.binary = wire_format.binary
         self.client_id = str(uuid.uuid4())
         self.user = ""
         self.state = State.CONNECTING
@@ -128,10 +137,10 @@ class Session:
         self.subscriptions: dict[str, Subscription] = {}
         # Pushes for channels whose subscribe reply is not sent yet: the SDKs
         # drop pushes that arrive before the reply. (offset, frame, size).
-        self._pending: dict[str, list[tuple[int, str, int]]] = {}
+        self._pending: dict[str, list[tuple[int, Frame, int]]] = {}
         # Channels whose subscribe reply is computed: the highest offset it covers.
         self._ready: dict[str, int] = {}
-        self._queue: deque[tuple[str, int]] = deque()
+        self._queue: deque[tuple[Frame, int]] = deque()
         self._queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -157,7 +166,7 @@ class Session:
 
     # --- outgoing ---------------------------------------------------------
 
-    def deliver(self, channel: str, frame: str, size: int, offset: int = 0) -> None:
+    def deliver(self, channel: str, frame: Frame, size: int, offset: int = 0) -> None:
         """Queue a push for ``channel``: the fan-out hot path.
 
         ``frame`` was encoded once for every subscriber; this only appends it.
@@ -168,7 +177,7 @@ class Session:
             return
         self._enqueue(frame, size)
 
-    def _enqueue(self, frame: str, size: int) -> None:
+    def _enqueue(self, frame: Frame, size: int) -> None:
         if self.state is State.CLOSED:
             return
         self._queue.append((frame, size))
@@ -180,8 +189,13 @@ class Session:
         if self._writer is None:
             self._writer = self._loop.create_task(self._write_loop())
 
-    def _send_bytes(self, data: bytes) -> None:
-        self._enqueue(data.decode(), len(data))
+    def _send_encoded(self, data: bytes) -> None:
+        """Queue one message already encoded in this connection's format."""
+        self._enqueue(data if self.binary else data.decode(), len(data))
+
+    def send_push(self, channel: str, body: PushBody) -> None:
+        """Encode and queue a push that is for this connection alone."""
+        self._send_encoded(self.format.encode_push(channel, body))
 
     async def _write_loop(self) -> None:
         queue = self._queue
@@ -195,9 +209,9 @@ class Session:
                     while queue and total + queue[0][1] < MAX_COALESCED_FRAME:
                         part, part_size = queue.popleft()
                         parts.append(part)
-                        total += part_size + 1
-                    self._queued_bytes -= total - len(parts) + 1
-                    frame = "\n".join(parts)
+                        total += part_size
+                    self._queued_bytes -= total
+                    frame = _join(parts, self.binary)
                 else:
                     self._queued_bytes -= size
                 await self.transport.send(frame)
@@ -223,9 +237,12 @@ class Session:
     def _ping(self) -> None:
         if self.state is not State.CONNECTED:
             return
-        self._awaiting_pong = True
-        self._send_bytes(codec.PING)
-        self._schedule("pong", self.settings.pong_timeout, self._pong_deadline)
+        if not self._awaiting_pong:
+            # Only an answered ping starts a new deadline: rescheduling it on
+            # every ping would never close a mute client if pong_timeout >= ping_interval.
+            self._awaiting_pong = True
+            self._schedule("pong", self.settings.pong_timeout, self._pong_deadline)
+        self._send_encoded(self.format.ping)
         self._schedule("ping", self.settings.ping_interval, self._ping)
 
     def _pong_deadline(self) -> None:
@@ -235,7 +252,9 @@ class Session:
     def _set_expiry(self, expires_at: float | None) -> None:
         self.expires_at = expires_at
         if expires_at is None:
-            self._timers.pop("expiry", None)
+            timer = self._timers.pop("expiry", None)
+            if timer is not None:
+                timer.cancel()
             return
         delay = expires_at - time.time() + self.settings.token_expiry_grace
         self._schedule("expiry", delay, self._expiry_check)
@@ -292,8 +311,8 @@ class Session:
     async def _say_goodbye(self, reason: Disconnect) -> None:
         if reason.code != DisconnectCode.SLOW:
             # Also say it in-band: some proxies do not pass close codes through.
-            push = codec.encode_push("", DisconnectPush(reason.code, reason.reason))
-            await self.transport.send(push.decode())
+            push = self.format.encode_push("", DisconnectPush(reason.code, reason.reason))
+            await self.transport.send(push if self.binary else push.decode())
         await self.transport.close(reason.code, reason.reason)
 
     async def closed(self) -> None:
@@ -303,10 +322,10 @@ class Session:
 
     # --- incoming ---------------------------------------------------------
 
-    async def handle_frame(self, frame: str) -> None:
-        """Decode a text frame and run each of its commands in order."""
+    async def handle_frame(self, frame: str | bytes) -> None:
+        """Decode a frame and run each of its commands in order."""
         try:
-            commands = codec.decode_frame(frame)
+            commands = self.format.decode(frame)
         except Disconnect as d:
             self.disconnect(d)
             return
@@ -340,7 +359,7 @@ class Session:
         try:
             result: Result | None = await handler(command.request)
             if result is not None and command.id and self.state is not State.CLOSED:
-                self._send_bytes(codec.encode_reply(command.id, command.method, result))
+                self._send_encoded(self.format.encode_reply(command.id, command.method, result))
         except ProtocolError as e:
             self._reply_error(command.id, e)
         except Disconnect as d:
@@ -357,7 +376,7 @@ class Session:
 
     def _reply_error(self, command_id: int, error: ProtocolError) -> None:
         if command_id:
-            self._send_bytes(codec.encode_error(command_id, error))
+            self._send_encoded(self.format.encode_error(command_id, error))
 
     # --- commands ---------------------------------------------------------
 
@@ -607,7 +626,7 @@ class Session:
             offset=result.offset,
             positioned=result.positioned,
         )
-        self._send_bytes(codec.encode_push(channel.name, push))
+        self.send_push(channel.name, push)
         self._release_pending()
 
     async def server_unsubscribe(self, channel: str) -> None:
@@ -617,12 +636,8 @@ class Session:
             return
         self._pending.pop(channel, None)
         push = UnsubscribePush(int(UnsubscribeCode.SERVER), "server unsubscribe")
-        self._send_bytes(codec.encode_push(channel, push))
+        self.send_push(channel, push)
         await self.hub.leave(self, sub)
-
-    def send_push(self, data: bytes) -> None:
-        """Queue an already-encoded connection-level push."""
-        self._send_bytes(data)
 
     async def _cmd_unsubscribe(self, req: UnsubscribeRequest) -> EmptyResult:
         sub = self.subscriptions.pop(req.channel, None)
@@ -707,6 +722,13 @@ class Session:
         sub.expires_at = claims.expires_at
         expires, ttl = self._ttl(claims.expires_at)
         return SubRefreshResult(expires=expires, ttl=ttl)
+
+
+def _join(parts: list[Frame], binary: bool) -> Frame:
+    # A session's queue holds one kind only: bytes for binary formats, str otherwise.
+    if binary:
+        return b"".join(cast(list[bytes], parts))
+    return "\n".join(cast(list[str], parts))
 
 
 def _loads(data: bytes | None) -> Any:

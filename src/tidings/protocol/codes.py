@@ -112,7 +112,8 @@ class UnsubscribeCode(IntEnum):
     INSUFFICIENT_STATE = 2500
 
 
-@dataclass(frozen=True, slots=True)
+# Exceptions stay plain (not frozen, no slots): tools attach notes to them.
+@dataclass(eq=False)
 class Disconnect(Exception):
     """Raise to close the connection with a close code and a short reason."""
 
@@ -132,7 +133,7 @@ class Disconnect(Exception):
         return f"disconnect {self.code}: {self.reason}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False)
 class ProtocolError(Exception):
     """Raise to answer one command with an error reply; the connection stays open."""
 

@@ -10,6 +10,7 @@ from starlette.websockets import WebSocket
 from ..hub import AbortHook, Hub
 from ..hub.session import State
 from ..protocol import Disconnect, DisconnectCode
+from ..protocol.formats import JSON, PROTOBUF, PROTOBUF_SUBPROTOCOL
 
 log = logging.getLogger("tidings.transport")
 
@@ -23,8 +24,11 @@ class StarletteTransport:
         self._ws = ws
         self._abort_hook = abort_hook
 
-    async def send(self, frame: str) -> None:
-        await self._ws.send({"type": "websocket.send", "text": frame})
+    async def send(self, frame: str | bytes) -> None:
+        if isinstance(frame, str):
+            await self._ws.send({"type": "websocket.send", "text": frame})
+        else:
+            await self._ws.send({"type": "websocket.send", "bytes": frame})
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.close(code, reason)
@@ -53,9 +57,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
     return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
 
 
-def _too_big(text: str, limit: int) -> bool:
+def _too_big(frame: str | bytes, limit: int) -> bool:
+    if isinstance(frame, bytes):
+        return len(frame) > limit
     # A str of n characters encodes to at most 4n bytes: encode only when it may matter.
-    return len(text) * 4 > limit and len(text.encode()) > limit
+    return len(frame) * 4 > limit and len(frame.encode()) > limit
 
 
 async def protocol_endpoint(ws: WebSocket, hub: Hub) -> None:
@@ -70,25 +76,28 @@ async def protocol_endpoint(ws: WebSocket, hub: Hub) -> None:
     if not hub.running:
         await ws.close(code=1013)
         return
-    await ws.accept()
+    # The SDKs ask for Protobuf with a subprotocol; ?format=protobuf also works.
+    offered = ws.scope.get("subprotocols") or []
+    protobuf = PROTOBUF_SUBPROTOCOL in offered or ws.query_params.get("format") == "protobuf"
+    wire_format = PROTOBUF if protobuf else JSON
+    await ws.accept(subprotocol=PROTOBUF_SUBPROTOCOL if PROTOBUF_SUBPROTOCOL in offered else None)
     transport = StarletteTransport(ws, hub.abort_hook)
-    session = hub.open_session(transport, headers=dict(ws.headers))
+    session = hub.open_session(transport, headers=dict(ws.headers), wire_format=wire_format)
     limit = settings.max_message_size
     try:
         while session.state is not State.CLOSED:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            text = message.get("text")
-            if text is None:
-                session.disconnect(
-                    Disconnect.of(DisconnectCode.BAD_REQUEST, "binary frame on a JSON connection")
-                )
+            frame: str | bytes | None = message.get("bytes" if protobuf else "text")
+            if frame is None:
+                wrong = "text frame on a Protobuf" if protobuf else "binary frame on a JSON"
+                session.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, wrong + " connection"))
                 break
-            if _too_big(text, limit):
+            if _too_big(frame, limit):
                 session.disconnect(Disconnect.of(DisconnectCode.MESSAGE_TOO_BIG))
                 break
-            await session.handle_frame(text)
+            await session.handle_frame(frame)
     finally:
         session.disconnect(Disconnect.of(DisconnectCode.CONNECTION_CLOSED))
         await session.closed()
@@ -115,7 +124,7 @@ async def echo_endpoint(ws: WebSocket, hub: Hub) -> None:
                 return
             await ws.send_text(text)
         elif data is not None:
-            if len(data) > settings.max_message_size:
+            if _too_big(data, settings.max_message_size):
                 await ws.close(int(DisconnectCode.MESSAGE_TOO_BIG), "message too big")
                 return
             await ws.send_bytes(data)
