@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .api.metrics import build_registry
 from .api.server_api import handle_api_request
 from .brokers import Broker, create_broker
 from .config import Settings
@@ -93,6 +95,12 @@ class Tidings:
         @router.post("/api/{method}")
         async def server_api(method: str, request: Request) -> Response:
             return await handle_api_request(hub, method, request)
+
+        registry = build_registry(hub)
+
+        @router.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
         @router.get("/healthz")
         async def healthz() -> dict[str, str]:

@@ -38,6 +38,7 @@ from ..protocol.messages import (
 )
 from .channels import Channel, parse_channel
 from .events import Handlers
+from .metrics import Metrics
 from .session import Frame, Session, Subscription, Transport
 
 log = logging.getLogger("tidings.hub")
@@ -73,12 +74,7 @@ class Hub:
         self._upstream: dict[str, asyncio.Future[bool]] = {}
         self.running = False
         self.abort_hook: AbortHook | None = None
-        # Counters (exposed as metrics).
-        self.metrics_slow_disconnects = 0
-        self.metrics_auth_failures = 0
-        self.metrics_rate_limited = 0
-        self.metrics_publications_in = 0
-        self.metrics_publications_out = 0
+        self.metrics = Metrics()
 
     # --- lifecycle --------------------------------------------------------
 
@@ -117,6 +113,7 @@ class Hub:
     ) -> Session:
         session = Session(self, transport, headers=headers, wire_format=wire_format)
         self._open.add(session)
+        self.metrics.connections_accepted += 1
         return session
 
     def attach(self, session: Session) -> None:
@@ -193,6 +190,7 @@ class Hub:
         subscribers = self.channels.get(channel)
         if not subscribers:
             return
+        started = time.perf_counter()
         offset = publication.offset
         # Encode once per wire format in use, not once per subscriber.
         text: str | None = None
@@ -211,7 +209,9 @@ class Hub:
                     encoded = JSON.encode_push(channel, publication)
                     text, text_size = encoded.decode(), len(encoded)
                 session.deliver(channel, text, text_size, offset)
-        self.metrics_publications_out += len(targets)
+        metrics = self.metrics
+        metrics.publications_out += len(targets)
+        metrics.observe_fanout(time.perf_counter() - started)
 
     def _fan_out_join_leave(self, channel: str, body: JoinPush | LeavePush) -> None:
         subscribers = self.channels.get(channel)
@@ -254,7 +254,7 @@ class Hub:
             if options.history_enabled and not skip_history
             else None
         )
-        self.metrics_publications_in += 1
+        self.metrics.publications_in += 1
         return await self.broker.publish(channel.name, data, info=info, tags=tags, history=history)
 
     async def history(

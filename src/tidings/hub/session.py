@@ -157,6 +157,11 @@ class Session:
         return ClientInfo(user=self.user, client=self.client_id, conn_info=self.conn_info)
 
     @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in this connection's outgoing queue."""
+        return self._queued_bytes
+
+    @property
     def closed_already(self) -> bool:
         return self.state is State.CLOSED
 
@@ -183,7 +188,7 @@ class Session:
         self._queue.append((frame, size))
         self._queued_bytes += size
         if self._queued_bytes > self.settings.write_queue_max_bytes:
-            self.hub.metrics_slow_disconnects += 1
+            self.hub.metrics.slow_disconnects += 1
             self.disconnect(Disconnect.of(DisconnectCode.SLOW))
             return
         if self._writer is None:
@@ -199,9 +204,11 @@ class Session:
 
     async def _write_loop(self) -> None:
         queue = self._queue
+        metrics = self.hub.metrics
         try:
             while queue:
                 frame, size = queue.popleft()
+                count = 1
                 if queue and size < MAX_COALESCED_FRAME:
                     # Coalesce: one frame, one system call, for all that is queued.
                     parts = [frame]
@@ -212,9 +219,12 @@ class Session:
                         total += part_size
                     self._queued_bytes -= total
                     frame = _join(parts, self.binary)
+                    size, count = total, len(parts)
                 else:
                     self._queued_bytes -= size
                 await self.transport.send(frame)
+                metrics.messages_out += count
+                metrics.bytes_out += size
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -276,6 +286,7 @@ class Session:
             return
         was_connected = self.state is State.CONNECTED
         self.state = State.CLOSED
+        self.hub.metrics.disconnects[reason.code] += 1
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -324,6 +335,9 @@ class Session:
 
     async def handle_frame(self, frame: str | bytes) -> None:
         """Decode a frame and run each of its commands in order."""
+        metrics = self.hub.metrics
+        metrics.messages_in += 1
+        metrics.bytes_in += len(frame)
         try:
             commands = self.format.decode(frame)
         except Disconnect as d:
@@ -348,7 +362,8 @@ class Session:
             self._awaiting_pong = False  # an empty command is a pong
             return
         if not self._bucket.take():
-            self.hub.metrics_rate_limited += 1
+            self.hub.metrics.rate_limited += 1
+            self.hub.metrics.commands[(command.method.value, "111")] += 1
             if command.id:
                 self._reply_error(command.id, ProtocolError.of(ErrorCode.TOO_MANY_REQUESTS))
             return
@@ -356,21 +371,27 @@ class Session:
             self.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, "connect first"))
             return
         handler = getattr(self, f"_cmd_{command.method.value}")
+        outcome = "ok"
         try:
             result: Result | None = await handler(command.request)
             if result is not None and command.id and self.state is not State.CLOSED:
                 self._send_encoded(self.format.encode_reply(command.id, command.method, result))
         except ProtocolError as e:
+            outcome = str(e.code)
             self._reply_error(command.id, e)
         except Disconnect as d:
+            outcome = "disconnect"
             self.disconnect(d)
         except BrokerUnavailable:
             error = ProtocolError.of(ErrorCode.INTERNAL, "broker unavailable")
+            outcome = str(error.code)
             self._reply_error(command.id, error)
         except Exception:
             log.exception("command %s of client %s failed", command.method.value, self.client_id)
+            outcome = str(int(ErrorCode.INTERNAL))
             self._reply_error(command.id, ProtocolError.of(ErrorCode.INTERNAL))
         finally:
+            self.hub.metrics.commands[(command.method.value, outcome)] += 1
             # Subscriptions this command completed may now pass their held pushes.
             self._release_pending()
 
@@ -393,7 +414,7 @@ class Session:
             except TokenExpired:
                 raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
             except InvalidToken:
-                hub.metrics_auth_failures += 1
+                hub.metrics.auth_failures += 1
                 raise Disconnect.of(DisconnectCode.INVALID_TOKEN) from None
             user, info = claims.user, claims.info
             self.expires_at = claims.expires_at
@@ -412,7 +433,7 @@ class Session:
             await hub.handlers.connect(event)
             info = _dumps(event.info)
         if not req.token and event.user == "" and not self.settings.allow_anonymous:
-            hub.metrics_auth_failures += 1
+            hub.metrics.auth_failures += 1
             raise Disconnect.of(DisconnectCode.INVALID_TOKEN, "token required")
         if self.closed_already:  # the handler took long and the client went away
             raise Disconnect.of(DisconnectCode.CONNECTION_CLOSED)
@@ -460,7 +481,7 @@ class Session:
         except TokenExpired:
             raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
         except InvalidToken:
-            self.hub.metrics_auth_failures += 1
+            self.hub.metrics.auth_failures += 1
             raise Disconnect.of(DisconnectCode.INVALID_TOKEN) from None
         if claims.user != self.user:
             raise Disconnect.of(DisconnectCode.INVALID_TOKEN, "token user mismatch")
@@ -531,7 +552,7 @@ class Session:
         except TokenExpired:
             raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
         except InvalidToken:
-            self.hub.metrics_auth_failures += 1
+            self.hub.metrics.auth_failures += 1
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED) from None
         if claims.channel != channel or claims.user != self.user:
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
