@@ -22,7 +22,7 @@ from websockets.exceptions import WebSocketException
 
 from .auth import make_connection_token
 from .client import ClientError, open_client
-from .config import Settings
+from .config import KEY_FILES, Settings
 from .server import TidingsServer, build_server
 
 app = typer.Typer(
@@ -45,8 +45,6 @@ ConfigOption = Annotated[
     ),
 ]
 
-# The files Settings.with_generated_keys keeps generated keys in, inside the data dir.
-KEY_FILES = {"secret": "secret", "api_key": "api_key"}
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -118,8 +116,7 @@ def serve(
         else:
             typer.echo(f"Using the {field} stored in {path}")
 
-    base = build_server(settings, host=host, port=port)
-    server = _CliServer(base.config, base.tidings)
+    server = build_server(settings, host=host, port=port, server_class=_CliServer)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # Until uvicorn installs its own handlers, and again when it re-raises the

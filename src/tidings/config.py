@@ -77,6 +77,9 @@ DEFAULT_NAMESPACES: dict[str, NamespaceOptions] = {
     ),
 }
 
+# Where Settings.with_generated_keys keeps generated keys, inside the data dir.
+KEY_FILES = {"secret": "secret", "api_key": "api_key"}
+
 _config_file: ContextVar[Path | None] = ContextVar("tidings_config_file", default=None)
 
 
@@ -200,7 +203,7 @@ class Settings(BaseSettings):
         every restart (and `tidings publish`) finds the same ones.
         """
         updates: dict[str, str] = {}
-        for field, filename in (("secret", "secret"), ("api_key", "api_key")):
+        for field, filename in KEY_FILES.items():
             if getattr(self, field):
                 continue
             path = self.data_dir / filename

@@ -48,6 +48,7 @@ def build_server(
     port: int = 8000,
     tidings: Tidings | None = None,
     log_level: str | None = None,
+    server_class: type[TidingsServer] = TidingsServer,
 ) -> TidingsServer:
     """The uvicorn server ``tidings serve`` runs: uvloop, httptools, and our limits."""
     hub = tidings or Tidings(settings)
@@ -68,4 +69,4 @@ def build_server(
         timeout_graceful_shutdown=math.ceil(hub.settings.shutdown_timeout),
         proxy_headers=True,
     )
-    return TidingsServer(config, hub)
+    return server_class(config, hub)
