@@ -8,6 +8,7 @@ Every command reads settings as the server does (``TIDINGS_*`` env vars and
 from __future__ import annotations
 
 import asyncio
+import logging.config
 import signal
 import socket
 from pathlib import Path
@@ -23,6 +24,7 @@ from websockets.exceptions import WebSocketException
 from .auth import make_connection_token
 from .client import ClientError, open_client
 from .config import KEY_FILES, Settings
+from .logs import log_config
 from .server import TidingsServer, build_server
 
 app = typer.Typer(
@@ -44,7 +46,6 @@ ConfigOption = Annotated[
         readable=True,
     ),
 ]
-
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -102,6 +103,7 @@ def serve(
 ) -> None:
     """Run a Tidings node. SIGTERM or Ctrl+C shut it down gracefully."""
     settings = _load_settings(config)
+    logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     missing = [field for field in KEY_FILES if not getattr(settings, field)]
     fresh = {f for f in missing if not (settings.data_dir / KEY_FILES[f]).exists()}
     try:

@@ -153,7 +153,12 @@ class Settings(BaseSettings):
 
     # --- identity and logs ---
     node_name: str = Field("", description="Name of this node in info and logs.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level shown."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people, json for log pipelines (one object per line)."
+    )
 
     @field_validator("allowed_origins", "jwt_algorithms", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ import uvicorn
 
 from .app import Tidings, create_app
 from .config import Settings
+from .logs import log_config
 
 
 class TidingsServer(uvicorn.Server):
@@ -66,6 +67,7 @@ def build_server(
         ws_ping_interval=None,
         lifespan="on",
         log_level=log_level or hub.settings.log_level,
+        log_config=log_config(log_level or hub.settings.log_level, hub.settings.log_format),
         timeout_graceful_shutdown=math.ceil(hub.settings.shutdown_timeout),
         proxy_headers=True,
     )

@@ -17,6 +17,8 @@ import httpx
 import jwt
 from websockets.asyncio.client import connect
 
+from tests.conftest import wait_for
+
 TIDINGS = (sys.executable, "-m", "tidings")
 LISTENING = re.compile(r"Tidings listening on http://127\.0\.0\.1:(\d+)$")
 TIMEOUT = 30.0
@@ -252,3 +254,31 @@ async def test_listen_with_a_bad_token_fails(tmp_path: Path) -> None:
     assert code == 1
     assert "invalid token" in err
     assert out == ""
+
+
+async def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "data", TIDINGS_LOG_FORMAT="json")
+    async with serve_process(tmp_path, env) as served:
+        async with httpx.AsyncClient() as http:
+            # A refused browser origin is logged by Tidings itself.
+            response = await http.get(
+                f"{served.http_url}/connection/websocket",
+                headers={
+                    "Connection": "Upgrade",
+                    "Upgrade": "websocket",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Origin": "http://evil.example",
+                },
+            )
+            assert response.status_code == 403
+
+        def refused_logged() -> bool:
+            return "refused WebSocket" in served.stderr()
+
+        await wait_for(refused_logged, timeout=TIMEOUT)
+    records = [json.loads(line) for line in served.stderr().splitlines() if line.strip()]
+    assert records, "no log lines"
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    refused = [r for r in records if "refused WebSocket" in r["message"]]
+    assert refused[0]["logger"] == "tidings.transport" and refused[0]["level"] == "info"
