@@ -6,6 +6,10 @@ prints one JSON object per line on stdout ({"event": ...}) and ends with
 reads those lines as they come, so it can act between them (publish once the
 script reports "subscribed", answer its request for a fresh token on stdin).
 
+Every test runs twice: with the SDK's JSON build and with its Protobuf build
+(`--format protobuf`: the `centrifuge-protobuf` WebSocket subprotocol). The
+scripts decode payloads in both, so the assertions are the same.
+
 Without Node or the npm packages (`npm ci` in tests/js) these tests skip,
 unless CI=true: then they fail.
 """
@@ -34,6 +38,7 @@ pytestmark = pytest.mark.node
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 MIN_NODE = 18
+FORMATS = ("json", "protobuf")
 
 
 @functools.cache
@@ -72,6 +77,13 @@ def _skip_without_node() -> None:
     # Skip before a server starts; under CI=true, node_script() fails the test itself.
     if os.environ.get("CI") != "true":
         _require_node()
+
+
+@pytest.fixture(params=FORMATS, ids=FORMATS)
+def wire_format(request: pytest.FixtureRequest) -> str:
+    """The SDK build, and so the wire format, a test drives the server with."""
+    fmt: str = request.param
+    return fmt
 
 
 class Script:
@@ -134,8 +146,13 @@ class Script:
 
 
 @asynccontextmanager
-async def node_script(script: str, *args: str, timeout: float = 15.0) -> AsyncIterator[Script]:
-    """Run ``node tests/js/<script> args``; it is killed on the way out if still running."""
+async def node_script(
+    script: str, fmt: str, *args: str, timeout: float = 15.0
+) -> AsyncIterator[Script]:
+    """Run ``node tests/js/<script> args`` with the SDK build of ``fmt``.
+
+    The script is killed on the way out if still running.
+    """
     _require_node()
     node = shutil.which("node")
     assert node is not None
@@ -144,12 +161,13 @@ async def node_script(script: str, *args: str, timeout: float = 15.0) -> AsyncIt
         script,
         *args,
         f"--timeout={int(timeout * 1000)}",
+        f"--format={fmt}",
         cwd=JS_DIR,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    running = Script(script, proc)
+    running = Script(f"{script} ({fmt})", proc)
     try:
         yield running
     finally:
@@ -167,9 +185,10 @@ def _exp(token: str) -> int:
     return exp
 
 
-async def test_connect_subscribe_publish_roundtrip(server: Running) -> None:
+async def test_connect_subscribe_publish_roundtrip(server: Running, wire_format: str) -> None:
     async with node_script(
         "pubsub.mjs",
+        wire_format,
         "--url",
         server.ws_url,
         "--token",
@@ -195,9 +214,10 @@ async def test_connect_subscribe_publish_roundtrip(server: Running) -> None:
     assert position.epoch == sub["streamPosition"]["epoch"]
 
 
-async def test_server_publications_reach_js_subscriber(server: Running) -> None:
+async def test_server_publications_reach_js_subscriber(server: Running, wire_format: str) -> None:
     async with node_script(
         "subscriber.mjs",
+        wire_format,
         "--url",
         server.ws_url,
         "--token",
@@ -207,6 +227,9 @@ async def test_server_publications_reach_js_subscriber(server: Running) -> None:
         "--count",
         "2",
     ) as js:
+        connected = await js.next("connected")
+        # The SDK build asked for its format, and the server speaks it.
+        assert server.tidings.hub.sessions[connected["client"]].format.name == wire_format
         await js.next("subscribed")
         await server.tidings.publish("news", {"title": "from python"}, tags={"kind": "py"})
         async with httpx.AsyncClient(base_url=server.http_url) as http:
@@ -226,9 +249,10 @@ async def test_server_publications_reach_js_subscriber(server: Running) -> None:
     assert len(done["clients"]) == 1
 
 
-async def test_presence_and_join_leave_between_two_users(server: Running) -> None:
+async def test_presence_and_join_leave_between_two_users(server: Running, wire_format: str) -> None:
     async with node_script(
         "presence.mjs",
+        wire_format,
         "--url",
         server.ws_url,
         "--token1",
@@ -254,9 +278,10 @@ async def test_presence_and_join_leave_between_two_users(server: Running) -> Non
     assert done["presenceAfter"] == [{"client": alice, "user": "alice"}]
 
 
-async def test_history_order_and_offsets(server: Running) -> None:
+async def test_history_order_and_offsets(server: Running, wire_format: str) -> None:
     async with node_script(
         "history.mjs",
+        wire_format,
         "--url",
         server.ws_url,
         "--token",
@@ -286,10 +311,11 @@ async def test_history_order_and_offsets(server: Running) -> None:
         assert done[name] == {"offset": 5, "epoch": epoch, "publications": publications}, name
 
 
-async def test_recovery_after_forced_reconnect(server: Running) -> None:
+async def test_recovery_after_forced_reconnect(server: Running, wire_format: str) -> None:
     tidings = server.tidings
     async with node_script(
         "subscriber.mjs",
+        wire_format,
         "--url",
         server.ws_url,
         "--token",
@@ -329,9 +355,9 @@ async def test_recovery_after_forced_reconnect(server: Running) -> None:
     assert done["clients"] == [first["client"], second["client"]]
 
 
-async def test_permission_errors(server: Running) -> None:
+async def test_permission_errors(server: Running, wire_format: str) -> None:
     async with node_script(
-        "errors.mjs", "--url", server.ws_url, "--token", server.token("alice")
+        "errors.mjs", wire_format, "--url", server.ws_url, "--token", server.token("alice")
     ) as js:
         done = await js.finish()
 
@@ -356,13 +382,14 @@ async def test_permission_errors(server: Running) -> None:
     assert publications == []
 
 
-async def test_token_refresh_keeps_the_connection(tmp_path: Path) -> None:
+async def test_token_refresh_keeps_the_connection(tmp_path: Path, wire_format: str) -> None:
     grace = 1.0
     async with running_server(test_settings(tmp_path, token_expiry_grace=grace)) as server:
         hub = server.tidings.hub
         short = server.token("alice", ttl=3)
         async with node_script(
             "subscriber.mjs",
+            wire_format,
             "--url",
             server.ws_url,
             "--token",
@@ -376,6 +403,7 @@ async def test_token_refresh_keeps_the_connection(tmp_path: Path) -> None:
         ) as js:
             connected = await js.next("connected")
             session = hub.sessions[connected["client"]]
+            assert session.format.name == wire_format
             assert session.expires_at == _exp(short)
             await js.next("subscribed")
 
@@ -401,13 +429,14 @@ async def test_token_refresh_keeps_the_connection(tmp_path: Path) -> None:
     assert js.seen("error") == []
 
 
-async def test_expired_token_at_connect_is_refreshed(server: Running) -> None:
+async def test_expired_token_at_connect_is_refreshed(server: Running, wire_format: str) -> None:
     # E.g. a laptop waking up: the token it had expired meanwhile. The SDK
     # sends connect and its subscribe in one frame; the connect fails with 109,
     # and the SDK gets a fresh token and connects again.
     expired = server.token("alice", ttl=-60)
     async with node_script(
         "subscriber.mjs",
+        wire_format,
         "--url",
         server.ws_url,
         "--token",

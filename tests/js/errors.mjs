@@ -2,8 +2,8 @@
 // publishing where only the server may (103), subscribing to a namespace that
 // does not exist (102), presence and history without the right (103).
 //
-//   node errors.mjs --url WS_URL --token JWT
-import { connect, emit, newClient, run, sdkError, subscribe } from './lib.mjs';
+//   node errors.mjs --url WS_URL --token JWT [--format protobuf]
+import { connect, emit, encodeData, newClient, run, sdkError, subscribe } from './lib.mjs';
 
 async function refusal(promise) {
   try {
@@ -22,7 +22,9 @@ run(['url', 'token'], {}, async ({ url, token }) => {
   client.on('connecting', (ctx) => disconnects.push(ctx));
 
   const results = {};
-  results.publishNoNamespace = await refusal(client.publish('news', { text: 'not allowed' }));
+  results.publishNoNamespace = await refusal(
+    client.publish('news', encodeData({ text: 'not allowed' })),
+  );
   emit('result', { publishNoNamespace: results.publishNoNamespace });
 
   const unknown = client.newSubscription('unknown:x');
@@ -35,7 +37,7 @@ run(['url', 'token'], {}, async ({ url, token }) => {
   emit('result', { subscribeUnknown: results.subscribeUnknown });
 
   // chat: lets subscribers, and only them, publish and read presence.
-  results.publishNotSubscribed = await refusal(client.publish('chat:room', { text: 'hi' }));
+  results.publishNotSubscribed = await refusal(client.publish('chat:room', encodeData({ text: 'hi' })));
   results.presenceNotSubscribed = await refusal(client.presence('chat:room'));
   results.historyNoNamespace = await refusal(client.history('news', { limit: 10 }));
   emit('result', results);

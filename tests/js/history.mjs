@@ -1,14 +1,23 @@
 // Publish --count messages to a channel, then read its history several ways.
 //
-//   node history.mjs --url WS_URL --token JWT --channel chat:room --count 5
-import { Condition, connect, emit, newClient, run, subscribe } from './lib.mjs';
+//   node history.mjs --url WS_URL --token JWT --channel chat:room --count 5 [--format protobuf]
+import {
+  Condition,
+  connect,
+  decodeData,
+  emit,
+  encodeData,
+  newClient,
+  run,
+  subscribe,
+} from './lib.mjs';
 
 function brief(result) {
   return {
     offset: result.offset,
     epoch: result.epoch,
     publications: result.publications.map((p) => ({
-      data: p.data,
+      data: decodeData(p.data),
       offset: p.offset,
       user: p.info?.user ?? null,
     })),
@@ -29,7 +38,7 @@ run(['url', 'token', 'channel', 'count'], {}, async ({ url, token, channel, coun
   const position = (await subscribe(sub)).streamPosition;
   emit('subscribed', { streamPosition: position });
 
-  for (let i = 1; i <= n; i++) await sub.publish({ seq: i });
+  for (let i = 1; i <= n; i++) await sub.publish(encodeData({ seq: i }));
   await all.wait(5000, `${n} publications`);
   emit('published', { offsets: live });
 

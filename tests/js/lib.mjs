@@ -5,20 +5,77 @@
 // an "event" key. A scenario ends with {"event": "done", ...} and exit code 0,
 // or {"event": "fail", "error": "..."} and exit code 1. Lines on stdin are
 // JSON objects too (replies to requests such as a fresh token).
+//
+// --format json|protobuf (default json) picks the SDK build, and with it the
+// wire format. Payloads are JSON either way: scenarios pass plain values
+// through encodeData() and read received ones with decodeData() (or the
+// publication()/clientInfo() helpers), so their output is the same in both.
 
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+
+export const FORMATS = ['json', 'protobuf'];
+const BUILDS = { json: 'centrifuge', protobuf: 'centrifuge/build/protobuf' };
+
+// Set by run() from --format before the scenario starts.
+let format = 'json';
+let Centrifuge = null;
+
+export function currentFormat() {
+  return format;
+}
+
+async function loadSdk(name) {
+  if (!FORMATS.includes(name)) {
+    throw new Error(`--format must be one of ${FORMATS.join(', ')}, not ${JSON.stringify(name)}`);
+  }
+  format = name;
+  ({ Centrifuge } = await import(BUILDS[name]));
+}
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder('utf-8', { fatal: true });
+
+// An outgoing payload (publish, rpc data): JSON as it is, UTF-8 JSON bytes
+// over Protobuf.
+export function encodeData(value) {
+  if (format !== 'protobuf') return value;
+  return textEncoder.encode(JSON.stringify(value));
+}
+
+// A received payload as a JSON value. Over Protobuf it is bytes, and an
+// absent one decodes as empty bytes (proto3 has no "unset"): undefined then.
+export function decodeData(data) {
+  if (!(data instanceof Uint8Array)) return data;
+  if (data.length === 0) return undefined;
+  return JSON.parse(textDecoder.decode(data));
+}
+
+// A ClientInfo of a publication, join, leave or presence, as in JSON: the
+// optional connInfo/chanInfo decoded and left out when empty.
+export function clientInfo(info) {
+  if (info === undefined || info === null) return info;
+  const out = { client: info.client, user: info.user };
+  const connInfo = decodeData(info.connInfo);
+  if (connInfo !== undefined) out.connInfo = connInfo;
+  const chanInfo = decodeData(info.chanInfo);
+  if (chanInfo !== undefined) out.chanInfo = chanInfo;
+  return out;
+}
 
 export function emit(event, fields = {}) {
   process.stdout.write(JSON.stringify({ event, ...fields }) + '\n');
 }
 
 // Parse --name value options: all strings; `required` ones must be given,
-// `optional` maps names to defaults. --timeout bounds the whole scenario (ms).
+// `optional` maps names to defaults. --timeout bounds the whole scenario (ms);
+// --format picks the SDK build (json or protobuf).
 export function options(required, optional = {}) {
-  const spec = { timeout: { type: 'string', default: '15000' } };
+  const spec = {
+    timeout: { type: 'string', default: '15000' },
+    format: { type: 'string', default: 'json' },
+  };
   for (const name of required) spec[name] = { type: 'string' };
   for (const [name, value] of Object.entries(optional)) {
     spec[name] = { type: 'string', default: value };
@@ -45,16 +102,18 @@ export function run(required, optional, scenario) {
     emit('fail', { error: `scenario timed out after ${total} ms` });
     process.exit(2);
   }, total);
-  scenario(opts).then(
-    (summary) => {
-      emit('done', summary ?? {});
-      process.exit(0);
-    },
-    (e) => {
-      emit('fail', { error: describe(e) });
-      process.exit(1);
-    },
-  );
+  loadSdk(opts.format)
+    .then(() => scenario(opts))
+    .then(
+      (summary) => {
+        emit('done', summary ?? {});
+        process.exit(0);
+      },
+      (e) => {
+        emit('fail', { error: describe(e) });
+        process.exit(1);
+      },
+    );
 }
 
 export function describe(e) {
@@ -142,11 +201,13 @@ function settleFirst(emitter, good, bad, ms, start) {
   });
 }
 
+// A publication context with its data decoded. Over Protobuf, absent tags
+// arrive as an empty map: left out, as over JSON.
 export function publication(ctx) {
-  const out = { channel: ctx.channel, data: ctx.data };
+  const out = { channel: ctx.channel, data: decodeData(ctx.data) };
   if (ctx.offset !== undefined) out.offset = ctx.offset;
-  if (ctx.info !== undefined) out.info = ctx.info;
-  if (ctx.tags !== undefined) out.tags = ctx.tags;
+  if (ctx.info !== undefined) out.info = clientInfo(ctx.info);
+  if (ctx.tags !== undefined && Object.keys(ctx.tags).length > 0) out.tags = ctx.tags;
   return out;
 }
 

@@ -1,8 +1,9 @@
 // Two users in one channel: presence, presence stats, and the join and leave
 // events one sees of the other.
 //
-//   node presence.mjs --url WS_URL --token1 JWT_A --token2 JWT_B --channel chat:room
-import { connect, emit, newClient, nextEvent, run, subscribe } from './lib.mjs';
+//   node presence.mjs --url WS_URL --token1 JWT_A --token2 JWT_B --channel chat:room \
+//     [--format protobuf]
+import { clientInfo, connect, emit, newClient, nextEvent, run, subscribe } from './lib.mjs';
 
 function clientsOf(result) {
   // {client id: {client, user}} -> sorted [{client, user}] without extra fields
@@ -18,12 +19,14 @@ run(['url', 'token1', 'token2', 'channel'], {}, async ({ url, token1, token2, ch
   const joins = [];
   const leaves = [];
   firstSub.on('join', (ctx) => {
-    joins.push(ctx.info);
-    emit('join', { info: ctx.info });
+    const info = clientInfo(ctx.info);
+    joins.push(info);
+    emit('join', { info });
   });
   firstSub.on('leave', (ctx) => {
-    leaves.push(ctx.info);
-    emit('leave', { info: ctx.info });
+    const info = clientInfo(ctx.info);
+    leaves.push(info);
+    emit('leave', { info });
   });
   await subscribe(firstSub);
   emit('subscribed', { who: 'first', client: firstId });
@@ -34,7 +37,7 @@ run(['url', 'token1', 'token2', 'channel'], {}, async ({ url, token1, token2, ch
   const joined = nextEvent(firstSub, 'join', 5000, (ctx) => ctx.info.client === secondId);
   await subscribe(secondSub);
   emit('subscribed', { who: 'second', client: secondId });
-  const join = (await joined).info;
+  const join = clientInfo((await joined).info);
 
   const presence = {
     first: clientsOf(await firstSub.presence()),
@@ -50,7 +53,7 @@ run(['url', 'token1', 'token2', 'channel'], {}, async ({ url, token1, token2, ch
   // The second user goes away altogether: the first one sees a leave.
   const left = nextEvent(firstSub, 'leave', 5000, (ctx) => ctx.info.client === secondId);
   second.disconnect();
-  const leave = (await left).info;
+  const leave = clientInfo((await left).info);
   const statsAfter = await firstSub.presenceStats();
   const presenceAfter = clientsOf(await first.presence(channel));
   emit('presence_after', { stats: statsAfter, presence: presenceAfter });

@@ -1,8 +1,18 @@
 // Connect with a JWT, subscribe to a channel, publish to it and receive the
 // publication back (the publisher is a subscriber too).
 //
-//   node pubsub.mjs --url WS_URL --token JWT --channel chat:room
-import { connect, emit, nextEvent, newClient, publication, run, subscribe, subscribed } from './lib.mjs';
+//   node pubsub.mjs --url WS_URL --token JWT --channel chat:room [--format protobuf]
+import {
+  connect,
+  emit,
+  encodeData,
+  nextEvent,
+  newClient,
+  publication,
+  run,
+  subscribe,
+  subscribed,
+} from './lib.mjs';
 
 run(['url', 'token', 'channel'], {}, async ({ url, token, channel }) => {
   const client = newClient(url, { token });
@@ -14,7 +24,7 @@ run(['url', 'token', 'channel'], {}, async ({ url, token, channel }) => {
 
   const data = { text: 'hello from js', n: 1 };
   const received = nextEvent(sub, 'publication', 5000);
-  const reply = await sub.publish(data);
+  const reply = await sub.publish(encodeData(data));
   emit('published', { reply });
   const pub = publication(await received);
   emit('publication', pub);

@@ -4,7 +4,7 @@
 // asks the test for a fresh connection token over stdin ({"event": "token"}
 // out, {"token": "..."} in), as a browser would ask its backend.
 //
-//   node subscriber.mjs --url WS_URL --token JWT --channel news --count 2
+//   node subscriber.mjs --url WS_URL --token JWT --channel news --count 2 [--format protobuf]
 import {
   Condition,
   ask,
