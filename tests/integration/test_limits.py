@@ -91,7 +91,7 @@ async def test_command_rate_limit(tmp_path: Path) -> None:
 
         await wait_for(ping_works, timeout=5, interval=0.05)
         assert client.is_open
-        assert server.tidings.hub.metrics_rate_limited >= 4
+        assert server.tidings.hub.metrics.rate_limited >= 4
 
 
 async def test_channel_limit(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ async def test_slow_client_is_dropped_and_others_lose_nothing(tmp_path: Path) ->
         try:
             publisher = Publisher(server, good, session)
             await publisher.until_slow_dropped()
-            assert hub.metrics_slow_disconnects == 1
+            assert hub.metrics.slow_disconnects == 1
             for _ in range(10):
                 await publisher.batch()
             # None lost, none duplicated, in order.
