@@ -51,6 +51,10 @@ case "${1:-}" in
         shift
         setup_python
         setup_node
+        # The Redis broker's tests run a real redis-server (Debian package).
+        command -v redis-server >/dev/null || apt_install redis-server
+        # Account and room tests also run on a real PostgreSQL (Debian package).
+        compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || apt_install postgresql
         log "ruff"
         .venv/bin/ruff check src tests examples
         .venv/bin/ruff format --check src tests examples

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.postgres import database_url, postgres_database, postgres_server  # noqa: F401
+from tests.redis_server import RedisServer, redis_factory, redis_server  # noqa: F401
 from tidings import Settings, Tidings
 from tidings.auth import make_connection_token
 from tidings.server import build_server
@@ -100,9 +102,18 @@ async def running_server(
             await asyncio.wait_for(task, timeout=15)
 
 
+@pytest.fixture(params=["memory", "redis"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Tests that run a server run on each broker; on Redis with keys of their own."""
+    if request.param == "memory":
+        return "memory://"
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return redis.unique_url()
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return test_settings(tmp_path)
+def settings(tmp_path: Path, broker_url: str) -> Settings:
+    return test_settings(tmp_path, broker_url=broker_url)
 
 
 @pytest.fixture

@@ -18,11 +18,15 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .api.accounts import build_router as build_accounts_router
 from .api.metrics import build_registry
 from .api.server_api import handle_api_request
+from .auth.accounts import Accounts
+from .auth.tokens import ApiKeyring
 from .brokers import Broker, create_broker
 from .config import Settings
 from .hub import Hub, personal_channel
@@ -35,7 +39,8 @@ from .hub.events import (
     SubscribeHandler,
 )
 from .protocol import ClientInfo, Disconnect, DisconnectCode, Publication, StreamPosition
-from .transport.websocket import echo_endpoint, protocol_endpoint
+from .store import Store
+from .transport.websocket import echo_endpoint, hide_secrets_from_logs, protocol_endpoint
 
 log = logging.getLogger("tidings")
 
@@ -46,23 +51,41 @@ class Tidings:
     """A real-time hub for one FastAPI app: endpoints, lifecycle and the Python API."""
 
     def __init__(self, settings: Settings | None = None, *, broker: Broker | None = None) -> None:
-        self.settings = (
-            settings if settings is not None else Settings.load()
-        ).with_generated_keys()
+        loaded = (settings if settings is not None else Settings.load()).with_generated_keys()
+        # The server API keys are kept as digests only: the settings drop them.
+        api_keys = ApiKeyring.from_settings(loaded)
+        self.settings = loaded.model_copy(update={"api_key": None, "api_keys": []})
+        hide_secrets_from_logs()  # uvicorn's debug log would show frames, tokens included
         self.handlers = Handlers()
         self.hub = Hub(
-            self.settings, broker or create_broker(self.settings.broker_url), self.handlers
+            self.settings,
+            broker or create_broker(self.settings.broker_url),
+            self.handlers,
+            api_keys=api_keys,
         )
         self.router = self._build_router()
+        # Users, refresh tokens and rooms: /token, /logout, /register, /rooms.
+        self.store = Store(self.settings.effective_database_url)
+        self.accounts = Accounts(self.settings, self.store, self.hub)
+        self.router.include_router(build_accounts_router(self.accounts))
 
     # --- lifecycle --------------------------------------------------------
 
     async def __aenter__(self) -> Tidings:
-        await self.hub.start()
+        # Opens the database first; migrates the embedded SQLite on a fresh data dir.
+        await self.accounts.start()
+        try:
+            await self.hub.start()
+        except BaseException:
+            await self.accounts.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.hub.stop()
+        try:
+            await self.hub.stop()
+        finally:
+            await self.accounts.close()
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -183,7 +206,13 @@ class Tidings:
     async def disconnect(
         self, user: str, *, code: int = int(DisconnectCode.FORCE_NO_RECONNECT), reason: str = ""
     ) -> int:
-        """Close every connection of ``user``; returns how many were closed."""
+        """Close every connection of ``user``; returns how many were closed.
+
+        ``code`` is a close code in 3001-4999: below 3500 (or 4000-4499) the
+        SDKs reconnect, above they do not.
+        """
+        if not 3001 <= code <= 4999:
+            raise ValueError("disconnect code must be in 3001-4999")
         default = "force reconnect" if Disconnect(code, "").reconnect else "force disconnect"
         return self.hub.disconnect_user(user, Disconnect(code, reason or default))
 
@@ -193,5 +222,25 @@ def create_app(settings: Settings | None = None, tidings: Tidings | None = None)
     hub = tidings or Tidings(settings)
     app = FastAPI(title="Tidings", lifespan=hub.lifespan)
     app.include_router(hub.router)
+    add_cors(app, hub.settings)
     app.state.tidings = hub
     return app
+
+
+def add_cors(app: FastAPI, settings: Settings) -> None:
+    """Let the browsers of ``settings.cors_origins`` call the HTTP API; nothing when empty.
+
+    Apps that mount Tidings call this on their own app (or add Starlette's
+    CORSMiddleware themselves). No credentials: the API takes keys and bearer
+    tokens in headers, never cookies. WebSockets are not affected (see Origin).
+    """
+    if not settings.cors_origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        allow_credentials=False,
+        max_age=600,
+    )

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from websockets.exceptions import WebSocketException
 
 from .auth import make_connection_token
+from .cli_accounts import db_app, user_app
 from .client import ClientError, open_client
 from .config import KEY_FILES, Settings
 from .logs import log_config
@@ -250,6 +251,10 @@ def listen(
         _fail(f"cannot connect to {url}: {e}")
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+app.add_typer(user_app, name="user")
+app.add_typer(db_app, name="db")
 
 
 def main() -> None:

@@ -75,7 +75,23 @@ DEFAULT_NAMESPACES: dict[str, NamespaceOptions] = {
         allow_presence_for_subscriber=True,
         allow_history_for_subscriber=True,
     ),
+    # Chat rooms: room:<id>, where only the room's members (in the database) get in.
+    "room": NamespaceOptions(
+        presence=True,
+        join_leave=True,
+        force_push_join_leave=True,
+        history_size=100,
+        history_ttl=600,
+        force_recovery=True,
+        allow_publish_for_subscriber=True,
+        allow_presence_for_subscriber=True,
+        allow_history_for_subscriber=True,
+        allow_user_limited_channels=False,
+    ),
 }
+
+# The namespace whose channels are chat rooms with members (see tidings.store).
+ROOM_NAMESPACE = "room"
 
 # Where Settings.with_generated_keys keeps generated keys, inside the data dir.
 KEY_FILES = {"secret": "secret", "api_key": "api_key"}
@@ -105,6 +121,10 @@ class Settings(BaseSettings):
     # --- keys (generated into the data dir when unset) ---
     secret: str | None = Field(None, description="HMAC key for connection and subscription JWTs.")
     api_key: str | None = Field(None, description="Key for the server API (X-API-Key header).")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More server API keys, comma-separated; each works as api_key does.",
+    )
 
     # --- storage and engines ---
     data_dir: Path = Field(
@@ -114,6 +134,29 @@ class Settings(BaseSettings):
         "memory://", description="memory:// (one node) or redis://host:port/db."
     )
     database_url: str | None = Field(None, description="Default: SQLite in the data dir.")
+    database_auto_migrate: bool | None = Field(
+        None,
+        description="Migrate the database at startup (default: only the embedded SQLite; "
+        "run `tidings db upgrade` for a shared PostgreSQL).",
+    )
+
+    # --- accounts: /token, /register, /logout ---
+    access_token_ttl: float = Field(
+        900.0, gt=0, description="Seconds an access (connection) token from /token is valid."
+    )
+    refresh_token_ttl: float = Field(
+        30 * 86400.0, gt=0, description="Seconds a refresh token from /token is valid."
+    )
+    allow_registration: bool = Field(False, description="Enable self-registration (/register).")
+    login_attempts_per_user: int = Field(
+        10, gt=0, description="Login attempts per user name per login_window before 429."
+    )
+    login_attempts_per_address: int = Field(
+        30, gt=0, description="Login attempts per client address per login_window before 429."
+    )
+    login_window: float = Field(
+        60.0, gt=0, description="Seconds over which the login attempt allowance refills."
+    )
 
     # --- who may connect ---
     allowed_origins: Annotated[list[str], NoDecode] = Field(
@@ -123,6 +166,33 @@ class Settings(BaseSettings):
     allow_anonymous: bool = Field(False, description="Accept connections without a token.")
     jwt_algorithms: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["HS256"], description="Accepted JWT algorithms (pinned)."
+    )
+    jwt_rsa_public_key: str | None = Field(
+        None, description="RSA public key for RS*/PS* tokens: PEM text or a PEM file's path."
+    )
+    jwt_ec_public_key: str | None = Field(
+        None, description="ECDSA public key for ES* tokens: PEM text or a PEM file's path."
+    )
+    jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL for RS*/PS*/ES* tokens with a kid (https unless loopback)."
+    )
+    jwt_jwks_cache_ttl: float = Field(
+        300.0, gt=0, description="Seconds JWKS keys are used before the set is fetched again."
+    )
+    jwt_jwks_refresh_interval: float = Field(
+        10.0, ge=0, description="Least seconds between JWKS fetches (an unknown kid asks for one)."
+    )
+    jwt_audience: str | None = Field(None, description="Required aud claim (unset: not checked).")
+    jwt_issuer: str | None = Field(None, description="Required iss claim (unset: not checked).")
+    jwt_require_exp: bool = Field(
+        False, description="Refuse tokens without exp (Centrifugo accepts them; off by default)."
+    )
+    jwt_leeway: float = Field(
+        0.0, ge=0, description="Seconds of clock skew allowed when checking exp, nbf and iat."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the HTTP API from browsers (CORS); empty: no CORS.",
     )
 
     # --- channels ---
@@ -137,9 +207,15 @@ class Settings(BaseSettings):
     # --- limits ---
     max_message_size: int = Field(65536, gt=0, description="Largest incoming message, in bytes.")
     max_channels_per_connection: int = Field(128, gt=0, description="Subscriptions per connection.")
+    max_connections_per_user: int = Field(
+        100, ge=0, description="Connections per user on one node before 3504 (0: no cap)."
+    )
     max_channel_length: int = Field(255, gt=0, description="Longest channel name, in bytes.")
     command_rate: float = Field(100.0, gt=0, description="Sustained commands per second.")
     command_burst: int = Field(200, gt=0, description="Commands allowed in a burst.")
+    command_flood_limit: int = Field(
+        100, ge=0, description="Commands refused (111) in a row before 3013 (0: never close)."
+    )
     auth_timeout: float = Field(10.0, gt=0, description="Seconds to send connect before 3502.")
     ping_interval: float = Field(25.0, gt=0, description="Seconds between server pings.")
     pong_timeout: float = Field(8.0, gt=0, description="Seconds to answer a ping before 3012.")
@@ -160,12 +236,34 @@ class Settings(BaseSettings):
         "text", description="text for people, json for log pipelines (one object per line)."
     )
 
-    @field_validator("allowed_origins", "jwt_algorithms", mode="before")
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_origins", "jwt_algorithms", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _pinnable(cls, value: list[str]) -> list[str]:
+        from .auth.tokens import SUPPORTED_ALGORITHMS  # here: auth imports config
+
+        unknown = [alg for alg in value if alg not in SUPPORTED_ALGORITHMS]
+        if unknown or not value:
+            raise ValueError(f"accepted: {', '.join(SUPPORTED_ALGORITHMS)}; got {value}")
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _safe_jwks_url(cls, value: str | None) -> str | None:
+        from .auth.jwks import check_jwks_url
+
+        return None if not value else check_jwks_url(value)
 
     @classmethod
     def settings_customise_sources(
@@ -209,7 +307,7 @@ class Settings(BaseSettings):
         """
         updates: dict[str, str] = {}
         for field, filename in KEY_FILES.items():
-            if getattr(self, field):
+            if getattr(self, field) or (field == "api_key" and self.api_keys):
                 continue
             path = self.data_dir / filename
             if path.exists():

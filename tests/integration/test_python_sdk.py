@@ -186,9 +186,12 @@ async def test_recovers_missed_publications_after_reconnect(server: Running) -> 
         await wait_for(lambda: len(seen.publications) == 7)
 
 
-async def test_recovery_says_so_when_history_no_longer_has_the_gap(tmp_path: Path) -> None:
+async def test_recovery_says_so_when_history_no_longer_has_the_gap(
+    tmp_path: Path, broker_url: str
+) -> None:
     settings = test_settings(
         tmp_path,
+        broker_url=broker_url,
         namespaces={
             "tiny": NamespaceOptions(
                 history_size=2,
@@ -213,8 +216,8 @@ async def test_recovery_says_so_when_history_no_longer_has_the_gap(tmp_path: Pat
             assert seen.publications == []  # nothing partial passed off as complete
 
 
-async def test_rpc_and_handlers_change_requests(tmp_path: Path) -> None:
-    async with running_server(test_settings(tmp_path)) as server:
+async def test_rpc_and_handlers_change_requests(tmp_path: Path, broker_url: str) -> None:
+    async with running_server(test_settings(tmp_path, broker_url=broker_url)) as server:
         tidings = server.tidings
 
         @tidings.rpc("add")
@@ -345,8 +348,9 @@ async def test_server_side_unsubscribe(server: Running) -> None:
         assert gone[0].code == 2000
 
 
-async def test_token_refresh_keeps_the_connection(tmp_path: Path) -> None:
-    async with running_server(test_settings(tmp_path, token_expiry_grace=0.5)) as server:
+async def test_token_refresh_keeps_the_connection(tmp_path: Path, broker_url: str) -> None:
+    settings = test_settings(tmp_path, token_expiry_grace=0.5, broker_url=broker_url)
+    async with running_server(settings) as server:
         tokens: list[str] = []
 
         async def get_token() -> str:

@@ -201,3 +201,9 @@ def test_fuzz_well_framed_commands(command_id: int, method: str, data: bytes, ch
         assert d.code == DisconnectCode.BAD_REQUEST and command_id == 0
     else:
         assert decoded.id == command_id
+
+
+def test_an_id_without_a_method_is_answered_as_in_json() -> None:
+    (bad,) = decode_frame(delimited(sdk.Command(id=5)))
+    assert isinstance(bad, BadCommand) and bad.id == 5
+    assert bad.code == ErrorCode.METHOD_NOT_FOUND

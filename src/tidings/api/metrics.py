@@ -85,6 +85,18 @@ class HubCollector(Collector):
         )
         yield counter("auth_failures", "Rejected tokens.", m.auth_failures)
         yield counter("rate_limited", "Commands refused by the rate limit.", m.rate_limited)
+        yield counter(
+            "login_rate_limited", "Login attempts refused with 429.", m.login_rate_limited
+        )
+        limits = CounterMetricFamily(
+            "tidings_limit_hits", "Abuse limits hit, by limit.", labels=["limit"]
+        )
+        for limit, n in sorted(m.limits.items()):
+            limits.add_metric([limit], n)
+        yield limits
+        yield counter(
+            "api_auth_failures", "Server API requests refused with 401.", m.api_auth_failures
+        )
         cumulative, buckets = 0, []
         for bound, n in zip((*FANOUT_BUCKETS, float("inf")), m.fanout_buckets, strict=True):
             cumulative += n

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from ..auth.tokens import ApiKeyring
 from ..brokers import BrokerUnavailable
 from ..hub import Hub, personal_channel
 from ..protocol import (
@@ -121,7 +121,11 @@ async def api_broadcast(hub: Hub, params: Params) -> Any:
 
 
 async def api_send_notification(hub: Hub, params: Params) -> Any:
-    channel = hub.channel(personal_channel(_str(params, "user")))
+    try:
+        name = personal_channel(_str(params, "user"))
+    except ProtocolError as e:
+        raise ApiError(ErrorCode.BAD_REQUEST, e.message) from None
+    channel = hub.channel(name)
     return _position(await hub.publish(channel, _data(params)))
 
 
@@ -146,8 +150,8 @@ async def api_disconnect(hub: Hub, params: Params) -> Any:
         if not isinstance(custom, dict):
             raise ApiError(ErrorCode.BAD_REQUEST, "disconnect must be an object")
         code = _int(custom, "code", int(reason.code))
-        if not 3000 <= code <= 4999:
-            raise ApiError(ErrorCode.BAD_REQUEST, "disconnect code must be in 3000-4999")
+        if not 3001 <= code <= 4999:
+            raise ApiError(ErrorCode.BAD_REQUEST, "disconnect code must be in 3001-4999")
         reason = Disconnect(code, str(custom.get("reason", ""))[:120])
     hub.disconnect_user(_str(params, "user"), reason, _str(params, "client", required=False))
     return {}
@@ -274,18 +278,18 @@ def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def api_key_matches(request: Request, expected: str) -> bool:
+def api_key_matches(request: Request, keys: ApiKeyring) -> bool:
     given = request.headers.get("x-api-key")
     if given is None:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         given = value.strip() if scheme.lower() == "apikey" else ""
-    # Constant time: the comparison must not tell an attacker how much matched.
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # Constant time: hashed, then compared with every key's digest (see ApiKeyring).
+    return keys.matches(given)
 
 
 async def handle_api_request(hub: Hub, method: str, request: Request) -> Response:
-    expected = hub.settings.api_key or ""
-    if not expected or not api_key_matches(request, expected):
+    if not api_key_matches(request, hub.api_keys):
+        hub.metrics.api_auth_failures += 1
         return _json(401, _error(int(ErrorCode.UNAUTHORIZED), "unauthorized"))
     api_method = METHODS.get(method)
     if api_method is None:

@@ -11,6 +11,8 @@ from .base import Broker, BrokerEvents, BrokerUnavailable, HistoryOptions
 # never needs the Redis client installed.
 BROKERS: dict[str, str] = {
     "memory": "tidings.brokers.memory:MemoryBroker",
+    "redis": "tidings.brokers.redis:RedisBroker",
+    "rediss": "tidings.brokers.redis:RedisBroker",
 }
 
 

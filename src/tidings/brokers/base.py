@@ -32,6 +32,15 @@ class BrokerEvents(Protocol):
 
     def on_leave(self, channel: str, info: ClientInfo) -> None: ...
 
+    def on_resubscribed(self, positions: Mapping[str, StreamPosition | None]) -> None:
+        """The broker lost its subscriptions for a while and has them again.
+
+        ``positions`` gives each resubscribed channel's stream top as it is now
+        (None: the channel has no stream). Every publication up to that top that
+        reached this node at all has been delivered before this call, so a top
+        past the last offset the node saw means publications were lost.
+        """
+
 
 class BrokerUnavailable(Exception):
     """The broker cannot serve a request now; a retry may succeed."""

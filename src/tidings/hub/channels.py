@@ -68,5 +68,11 @@ def parse_channel(name: str, settings: Settings) -> Channel:
 
 
 def personal_channel(user: str) -> str:
-    """The channel ``send_notification`` publishes to: only ``user`` may subscribe."""
+    """The channel ``send_notification`` publishes to: only ``user`` may subscribe.
+
+    Raises ``ProtocolError`` 107 for a user name that would change whom the
+    boundary admits (``x#bob`` admits bob, ``a,b`` admits both).
+    """
+    if not user or USER_BOUNDARY in user or USER_SEPARATOR in user:
+        raise ProtocolError.of(ErrorCode.BAD_REQUEST, "user name cannot have a personal channel")
     return f"notifications{USER_BOUNDARY}{user}"

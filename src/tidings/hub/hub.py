@@ -13,11 +13,11 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from .. import __version__
-from ..auth import TokenVerifier
+from ..auth.tokens import ApiKeyring, TokenVerifier
 from ..brokers import Broker, BrokerUnavailable, HistoryOptions
 from ..config import Settings
 from ..protocol import (
@@ -28,6 +28,7 @@ from ..protocol import (
     ProtocolError,
     Publication,
     StreamPosition,
+    UnsubscribeCode,
 )
 from ..protocol.formats import JSON, PROTOBUF, WireFormat
 from ..protocol.messages import (
@@ -35,6 +36,7 @@ from ..protocol.messages import (
     JoinPush,
     LeavePush,
     MessagePush,
+    UnsubscribePush,
 )
 from .channels import Channel, parse_channel
 from .events import Handlers
@@ -46,6 +48,10 @@ log = logging.getLogger("tidings.hub")
 # Given an ASGI scope, drops that connection at once; installed by the server.
 AbortHook = Callable[[MutableMapping[str, Any]], bool]
 
+# Whether a user (first argument) is a member of a room (its id); installed by
+# the accounts store. Asked once per client command on a room:<id> channel.
+MembershipCheck = Callable[[str, str], Awaitable[bool]]
+
 
 class Hub:
     """Sessions, local channel membership and fan-out for one node."""
@@ -53,14 +59,21 @@ class Hub:
     version = __version__
 
     def __init__(
-        self, settings: Settings, broker: Broker, handlers: Handlers | None = None
+        self,
+        settings: Settings,
+        broker: Broker,
+        handlers: Handlers | None = None,
+        *,
+        api_keys: ApiKeyring | None = None,
     ) -> None:
         if not settings.secret:
             raise ValueError("settings.secret is required (see Settings.with_generated_keys)")
         self.settings = settings
         self.broker = broker
         self.handlers = handlers or Handlers()
-        self.verifier = TokenVerifier(settings.secret, settings.jwt_algorithms)
+        self.verifier = TokenVerifier.from_settings(settings)
+        # Server API keys, as SHA-256 digests only.
+        self.api_keys = api_keys if api_keys is not None else ApiKeyring.from_settings(settings)
         self.node_name = settings.node_name or socket.gethostname()
         self.node_uid = str(uuid.uuid4())
         self.started_at = time.time()
@@ -72,8 +85,14 @@ class Hub:
         self.channels: dict[str, set[Session]] = {}
         # Channels whose upstream (broker) subscription is being set up.
         self._upstream: dict[str, asyncio.Future[bool]] = {}
+        # The last stream position seen of each channel subscribed upstream, to
+        # find publications the broker lost (see on_publication).
+        self._positions: dict[str, StreamPosition] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.running = False
         self.abort_hook: AbortHook | None = None
+        # Without it (no store), every room:<id> channel is refused.
+        self.room_membership: MembershipCheck | None = None
         self.metrics = Metrics()
 
     # --- lifecycle --------------------------------------------------------
@@ -151,6 +170,11 @@ class Hub:
         ok = False
         try:
             await self.broker.subscribe(channel)
+            if self.channel(channel).options.history_enabled:
+                # Where the stream is now that publications flow in: a gap later
+                # is measured from here (on_resubscribed).
+                _, position = await self.broker.history(channel, since=None, limit=0)
+                self._positions.setdefault(channel, position)
             ok = True
         finally:
             del self._upstream[channel]
@@ -163,6 +187,7 @@ class Hub:
         subscribers.discard(session)
         if not subscribers and channel not in self._upstream:
             del self.channels[channel]
+            self._positions.pop(channel, None)
             await self.broker.unsubscribe(channel)
 
     async def leave(self, session: Session, sub: Subscription) -> None:
@@ -188,6 +213,10 @@ class Hub:
 
     def on_publication(self, channel: str, publication: Publication, epoch: str) -> None:
         subscribers = self.channels.get(channel)
+        if subscribers is None:
+            return
+        if publication.offset and self._gap(channel, publication.offset, epoch):
+            self._insufficient_state(channel)
         if not subscribers:
             return
         started = time.perf_counter()
@@ -233,6 +262,78 @@ class Hub:
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
         self._fan_out_join_leave(channel, LeavePush(info))
+
+    # --- gaps: publications the broker lost -------------------------------
+    #
+    # The rule: a channel with history has a gap on this node when a publication
+    # arrives whose offset is past the last one seen + 1, or whose epoch differs
+    # from the last one seen (the stream was lost and began again); and, after the
+    # broker lost its subscriptions for a while and has them again, when the
+    # stream's top is past the last offset seen, or its epoch differs, or it has
+    # no stream any more (on_resubscribed). "The last one seen" starts at the
+    # stream top read when the node subscribes upstream. An offset at or below
+    # the last one seen is no gap (it was in flight while that top was read).
+    #
+    # On a gap, every recoverable local subscriber of the channel gets an
+    # unsubscribe push with code 2500 (insufficient state): the SDKs subscribe
+    # again at once with recover=true from their last offset, and recovery fills
+    # the gap from history or answers recovered: false when the epoch changed.
+    # The memory broker never loses a publication, so this never fires there.
+
+    def _gap(self, channel: str, offset: int, epoch: str) -> bool:
+        last = self._positions.get(channel)
+        if last is None or last.epoch != epoch or offset > last.offset:
+            self._positions[channel] = StreamPosition(offset, epoch)
+        return last is not None and (last.epoch != epoch or offset > last.offset + 1)
+
+    def on_resubscribed(self, positions: Mapping[str, StreamPosition | None]) -> None:
+        for channel, position in positions.items():
+            last = self._positions.get(channel)
+            if last is None:
+                continue  # no history, or nothing known to compare with
+            if position is None or position.epoch != last.epoch or position.offset > last.offset:
+                log.warning("channel %s may have lost publications: recovering", channel)
+                if position is None:
+                    del self._positions[channel]
+                else:
+                    self._positions[channel] = position
+                self._insufficient_state(channel)
+
+    def _insufficient_state(self, channel: str) -> None:
+        """Make the recoverable subscribers of ``channel`` resubscribe and recover (2500).
+
+        A subscription whose subscribe reply is still being made is left alone:
+        the SDKs ignore an unsubscribe push before that reply, and the reply's
+        history is read after this node joined the channel's fan-out.
+        """
+        subscribers = self.channels.get(channel)
+        if not subscribers:
+            return
+        push = UnsubscribePush(int(UnsubscribeCode.INSUFFICIENT_STATE), "insufficient state")
+        for session in tuple(subscribers):
+            sub = session.subscriptions.get(channel)
+            if sub is None or not sub.recoverable or session.is_subscribing(channel):
+                continue
+            if sub.server_side:
+                # The SDKs drop a server-side subscription on an unsubscribe push;
+                # a reconnect (3010) recovers it through connect instead.
+                session.disconnect(Disconnect.of(DisconnectCode.INSUFFICIENT_STATE))
+                continue
+            del session.subscriptions[channel]
+            subscribers.discard(session)
+            session.send_push(channel, push)
+            task = asyncio.get_running_loop().create_task(self._left(session, sub))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _left(self, session: Session, sub: Subscription) -> None:
+        """Presence, leave event and upstream, after a 2500 unless the client is back."""
+        if sub.channel.name in session.subscriptions:
+            return
+        try:
+            await self.leave(session, sub)
+        except Exception:
+            log.exception("leaving %s failed for client %s", sub.channel.name, session.client_id)
 
     # --- operations shared by clients, the server API and Python ----------
 

@@ -30,6 +30,13 @@ class Metrics:
     slow_disconnects: int = 0
     auth_failures: int = 0
     rate_limited: int = 0
+    # Login attempts (/token password grant, /register) refused with HTTP 429.
+    login_rate_limited: int = 0
+    # Abuse limits hit, by limit: connections_per_user (3504), command_rate (111),
+    # command_flood (3013), channels_per_connection (106).
+    limits: Counter[str] = field(default_factory=Counter)
+    # Server API requests refused for a missing or wrong key (401).
+    api_auth_failures: int = 0
     # Time to queue one publication for every local subscriber: counts per bucket.
     fanout_buckets: list[int] = field(default_factory=lambda: [0] * (len(FANOUT_BUCKETS) + 1))
     fanout_sum: float = 0.0

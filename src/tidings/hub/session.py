@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import orjson
 
 from ..auth import InvalidToken, TokenExpired
+from ..auth.tokens import KeysUnavailable, SubscriptionClaims
 from ..brokers import BrokerUnavailable
+from ..config import ROOM_NAMESPACE
 from ..protocol import (
     ClientInfo,
     Disconnect,
@@ -79,6 +81,10 @@ MAX_COALESCED_FRAME = 64 * 1024
 # What the queue holds: text frames (JSON) or binary frames (Protobuf).
 Frame = str | bytes
 
+# Closes after which nothing queued is worth sending: the peer is gone, or
+# it is too slow to take what is queued.
+_NOTHING_MORE_TO_SEND = frozenset({DisconnectCode.CONNECTION_CLOSED, DisconnectCode.SLOW})
+
 # Seconds a closing connection gets to take its close frame before it is dropped.
 CLOSE_TIMEOUT = 5.0
 
@@ -109,6 +115,9 @@ class Subscription:
     positioned: bool
     join_leave: bool
     expires_at: float | None = None
+    # Made by the server (token channels, the server API), not by a subscribe
+    # command: the SDKs can only get these back by reconnecting.
+    server_side: bool = False
 
 
 class Session:
@@ -134,14 +143,24 @@ class Session:
         self.state = State.CONNECTING
         self.conn_info: bytes | None = None
         self.expires_at: float | None = None
+        # When the connection must be closed: the earliest token exp (connection
+        # or subscription) plus the grace. Nothing is sent after it.
+        self._deadline: float | None = None
+        # Commands refused by the rate limit since the last one it let through.
+        self._refused = 0
         self.subscriptions: dict[str, Subscription] = {}
         # Pushes for channels whose subscribe reply is not sent yet: the SDKs
         # drop pushes that arrive before the reply. (offset, frame, size).
         self._pending: dict[str, list[tuple[int, Frame, int]]] = {}
         # Channels whose subscribe reply is computed: the highest offset it covers.
         self._ready: dict[str, int] = {}
-        self._queue: deque[tuple[Frame, int]] = deque()
+        # (frame, size, is a reply). Pushes count against the slow limit;
+        # replies do not (their size is the client's own doing), but while
+        # they exceed it the session stops taking commands: backpressure.
+        self._queue: deque[tuple[Frame, int, bool]] = deque()
         self._queued_bytes = 0
+        self._reply_bytes = 0
+        self._drained: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._bucket = TokenBucket(self.settings.command_rate, self.settings.command_burst)
@@ -165,6 +184,10 @@ class Session:
     def closed_already(self) -> bool:
         return self.state is State.CLOSED
 
+    def is_subscribing(self, channel: str) -> bool:
+        """Whether a subscribe to ``channel`` is under way (its reply not queued yet)."""
+        return channel in self._pending
+
     def wants_join_leave(self, channel: str) -> bool:
         sub = self.subscriptions.get(channel)
         return sub is not None and sub.join_leave
@@ -182,21 +205,30 @@ class Session:
             return
         self._enqueue(frame, size)
 
-    def _enqueue(self, frame: Frame, size: int) -> None:
+    def _enqueue(self, frame: Frame, size: int, reply: bool = False) -> None:
         if self.state is State.CLOSED:
             return
-        self._queue.append((frame, size))
+        self._queue.append((frame, size, reply))
         self._queued_bytes += size
-        if self._queued_bytes > self.settings.write_queue_max_bytes:
+        if reply:
+            self._reply_bytes += size
+        elif self._queued_bytes - self._reply_bytes > self.settings.write_queue_max_bytes:
             self.hub.metrics.slow_disconnects += 1
             self.disconnect(Disconnect.of(DisconnectCode.SLOW))
             return
         if self._writer is None:
             self._writer = self._loop.create_task(self._write_loop())
 
-    def _send_encoded(self, data: bytes) -> None:
+    def _send_encoded(self, data: bytes, reply: bool = False) -> None:
         """Queue one message already encoded in this connection's format."""
-        self._enqueue(data if self.binary else data.decode(), len(data))
+        self._enqueue(data if self.binary else data.decode(), len(data), reply)
+
+    async def _replies_drained(self) -> None:
+        """Wait while replies the client has not read exceed the queue limit."""
+        while self._reply_bytes > self.settings.write_queue_max_bytes and not self.closed_already:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            await self._drained.wait()
 
     def send_push(self, channel: str, body: PushBody) -> None:
         """Encode and queue a push that is for this connection alone."""
@@ -207,21 +239,32 @@ class Session:
         metrics = self.hub.metrics
         try:
             while queue:
-                frame, size = queue.popleft()
+                frame, size, reply = queue.popleft()
+                replies = size if reply else 0
                 count = 1
                 if queue and size < MAX_COALESCED_FRAME:
                     # Coalesce: one frame, one system call, for all that is queued.
                     parts = [frame]
                     total = size
                     while queue and total + queue[0][1] < MAX_COALESCED_FRAME:
-                        part, part_size = queue.popleft()
+                        part, part_size, part_reply = queue.popleft()
                         parts.append(part)
                         total += part_size
-                    self._queued_bytes -= total
+                        if part_reply:
+                            replies += part_size
                     frame = _join(parts, self.binary)
                     size, count = total, len(parts)
-                else:
-                    self._queued_bytes -= size
+                self._queued_bytes -= size
+                if replies:
+                    self._reply_bytes -= replies
+                    if self._drained is not None:
+                        self._drained.set()
+                        self._drained = None
+                if self._deadline is not None and time.time() >= self._deadline:
+                    # The expiry timer may not have run yet: never send past the deadline.
+                    self._expiry_check()
+                    if self.state is State.CLOSED:
+                        return
                 await self.transport.send(frame)
                 metrics.messages_out += count
                 metrics.bytes_out += size
@@ -261,22 +304,44 @@ class Session:
 
     def _set_expiry(self, expires_at: float | None) -> None:
         self.expires_at = expires_at
-        if expires_at is None:
+        self._update_deadline()
+
+    def _update_deadline(self) -> None:
+        """Schedule the close for the earliest token expiry (connection or subscription)."""
+        times = [s.expires_at for s in self.subscriptions.values() if s.expires_at is not None]
+        if self.expires_at is not None:
+            times.append(self.expires_at)
+        if not times:
+            self._deadline = None
             timer = self._timers.pop("expiry", None)
             if timer is not None:
                 timer.cancel()
             return
-        delay = expires_at - time.time() + self.settings.token_expiry_grace
-        self._schedule("expiry", delay, self._expiry_check)
+        self._deadline = min(times) + self.settings.token_expiry_grace
+        self._schedule("expiry", self._deadline - time.time(), self._expiry_check)
 
     def _expiry_check(self) -> None:
-        if self.expires_at is not None and time.time() >= self.expires_at:
+        """Close with 3005 (connection token) or 3006 (a subscription token) once
+        exp plus the grace has passed without a refresh; else look again later."""
+        if self.state is not State.CONNECTED:
+            return
+        cutoff = time.time() - self.settings.token_expiry_grace
+        if self.expires_at is not None and self.expires_at <= cutoff:
             self.disconnect(Disconnect.of(DisconnectCode.EXPIRED))
+            return
+        for sub in self.subscriptions.values():
+            if sub.expires_at is not None and sub.expires_at <= cutoff:
+                self.disconnect(Disconnect.of(DisconnectCode.SUBSCRIPTION_EXPIRED))
+                return
+        self._update_deadline()
 
     def _ttl(self, expires_at: float | None) -> tuple[bool, int]:
         if expires_at is None:
             return False, 0
-        return True, max(0, int(expires_at - time.time()))
+        # Rounded down, so clients refresh before the token expires; but at
+        # least 1: a ttl of 0 is left out of JSON replies (a zero value), and
+        # the SDKs read a missing ttl as "no expiry" or fail on it.
+        return True, max(1, int(expires_at - time.time()))
 
     # --- closing ----------------------------------------------------------
 
@@ -290,8 +355,11 @@ class Session:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        self._queue.clear()
-        self._queued_bytes = 0
+        if reason.code in _NOTHING_MORE_TO_SEND:
+            self._queue.clear()
+            self._queued_bytes = self._reply_bytes = 0
+        if self._drained is not None:
+            self._drained.set()  # a command waiting for the client to read gives up
         self._pending.clear()
         subscriptions = list(self.subscriptions.values())
         self.hub.detach(self)
@@ -302,7 +370,7 @@ class Session:
 
     async def _close(self, reason: Disconnect, subscriptions: list[Subscription]) -> None:
         writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
+        if reason.code in _NOTHING_MORE_TO_SEND and writer is not None:
             writer.cancel()
         try:
             await self.hub.leave_all(self, subscriptions)
@@ -320,6 +388,12 @@ class Session:
             pass  # the peer is gone already
 
     async def _say_goodbye(self, reason: Disconnect) -> None:
+        # Replies queued before the decision go out first (the reply to a
+        # command, then the close that a later bad line caused).
+        if self._writer is not None:
+            await self._writer
+        if self._queue:
+            await self._write_loop()
         if reason.code != DisconnectCode.SLOW:
             # Also say it in-band: some proxies do not pass close codes through.
             push = self.format.encode_push("", DisconnectPush(reason.code, reason.reason))
@@ -362,20 +436,35 @@ class Session:
             self._awaiting_pong = False  # an empty command is a pong
             return
         if not self._bucket.take():
-            self.hub.metrics.rate_limited += 1
-            self.hub.metrics.commands[(command.method.value, "111")] += 1
+            metrics = self.hub.metrics
+            metrics.rate_limited += 1
+            metrics.limits["command_rate"] += 1
+            metrics.commands[(command.method.value, "111")] += 1
+            self._refused += 1
+            flood = self.settings.command_flood_limit
+            if flood and self._refused >= flood:
+                # It keeps hammering while refused: close (3013; the SDKs back off).
+                metrics.limits["command_flood"] += 1
+                self.disconnect(Disconnect.of(DisconnectCode.TOO_MANY_REQUESTS))
+                return
             if command.id:
                 self._reply_error(command.id, ProtocolError.of(ErrorCode.TOO_MANY_REQUESTS))
             return
+        self._refused = 0
         if self.state is State.CONNECTING and command.method is not Method.CONNECT:
             self.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, "connect first"))
             return
+        if self._reply_bytes > self.settings.write_queue_max_bytes:
+            await self._replies_drained()
+            if self.closed_already:
+                return
         handler = getattr(self, f"_cmd_{command.method.value}")
         outcome = "ok"
         try:
             result: Result | None = await handler(command.request)
             if result is not None and command.id and self.state is not State.CLOSED:
-                self._send_encoded(self.format.encode_reply(command.id, command.method, result))
+                reply = self.format.encode_reply(command.id, command.method, result)
+                self._send_encoded(reply, reply=True)
         except ProtocolError as e:
             outcome = str(e.code)
             self._reply_error(command.id, e)
@@ -397,7 +486,7 @@ class Session:
 
     def _reply_error(self, command_id: int, error: ProtocolError) -> None:
         if command_id:
-            self._send_encoded(self.format.encode_error(command_id, error))
+            self._send_encoded(self.format.encode_error(command_id, error), reply=True)
 
     # --- commands ---------------------------------------------------------
 
@@ -410,12 +499,14 @@ class Session:
         channels: list[str] = []
         if req.token:
             try:
-                claims = hub.verifier.verify_connection(req.token)
+                claims = await hub.verifier.averify_connection(req.token)
             except TokenExpired:
                 raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
             except InvalidToken:
                 hub.metrics.auth_failures += 1
                 raise Disconnect.of(DisconnectCode.INVALID_TOKEN) from None
+            except KeysUnavailable:
+                raise ProtocolError.of(ErrorCode.INTERNAL, "token keys unavailable") from None
             user, info = claims.user, claims.info
             self.expires_at = claims.expires_at
             channels = list(claims.channels)
@@ -437,6 +528,12 @@ class Session:
             raise Disconnect.of(DisconnectCode.INVALID_TOKEN, "token required")
         if self.closed_already:  # the handler took long and the client went away
             raise Disconnect.of(DisconnectCode.CONNECTION_CLOSED)
+        cap = self.settings.max_connections_per_user
+        if cap and event.user and len(hub.users.get(event.user, ())) >= cap:
+            # Checked and attached below with no await between: concurrent connects
+            # of one user cannot both slip under the cap.
+            hub.metrics.limits["connections_per_user"] += 1
+            raise Disconnect.of(DisconnectCode.CONNECTION_LIMIT)
         self.user = event.user
         self.conn_info = info
         self.state = State.CONNECTED
@@ -457,7 +554,7 @@ class Session:
             position = req.subs.get(name)
             try:
                 subs[name] = await self._subscribe(
-                    channel, position or SubscribeRequest(channel=name), self.info
+                    channel, position or SubscribeRequest(channel=name), self.info, server_side=True
                 )
             except (ProtocolError, BrokerUnavailable):
                 # The connection is half set up: let the client come back and retry.
@@ -477,12 +574,14 @@ class Session:
 
     async def _cmd_refresh(self, req: RefreshRequest) -> RefreshResult:
         try:
-            claims = self.hub.verifier.verify_connection(req.token)
+            claims = await self.hub.verifier.averify_connection(req.token)
         except TokenExpired:
             raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
         except InvalidToken:
             self.hub.metrics.auth_failures += 1
             raise Disconnect.of(DisconnectCode.INVALID_TOKEN) from None
+        except KeysUnavailable:
+            raise ProtocolError.of(ErrorCode.INTERNAL, "token keys unavailable") from None
         if claims.user != self.user:
             raise Disconnect.of(DisconnectCode.INVALID_TOKEN, "token user mismatch")
         self._set_expiry(claims.expires_at)
@@ -499,12 +598,14 @@ class Session:
         if req.channel in self.subscriptions:
             raise ProtocolError.of(ErrorCode.ALREADY_SUBSCRIBED)
         if len(self.subscriptions) >= self.settings.max_channels_per_connection:
+            self.hub.metrics.limits["channels_per_connection"] += 1
             raise ProtocolError.of(ErrorCode.LIMIT_EXCEEDED, "too many channels")
+        await self._check_room(channel)
         options = channel.options
         chan_info: bytes | None = None
         expires_at: float | None = None
         if channel.private:
-            claims = self._verify_subscription_token(req.token, req.channel)
+            claims = await self._verify_subscription_token(req.token, req.channel)
             chan_info, expires_at = claims.info, claims.expires_at
         elif not channel.user_allowed(self.user):
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
@@ -544,16 +645,18 @@ class Session:
             )
         return result
 
-    def _verify_subscription_token(self, token: str, channel: str) -> Any:
+    async def _verify_subscription_token(self, token: str, channel: str) -> SubscriptionClaims:
         if not token:
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED, "subscription token required")
         try:
-            claims = self.hub.verifier.verify_subscription(token)
+            claims = await self.hub.verifier.averify_subscription(token)
         except TokenExpired:
             raise ProtocolError.of(ErrorCode.TOKEN_EXPIRED) from None
         except InvalidToken:
             self.hub.metrics.auth_failures += 1
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED) from None
+        except KeysUnavailable:
+            raise ProtocolError.of(ErrorCode.INTERNAL, "token keys unavailable") from None
         if claims.channel != channel or claims.user != self.user:
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
         return claims
@@ -565,6 +668,7 @@ class Session:
         info: ClientInfo,
         *,
         expires_at: float | None = None,
+        server_side: bool = False,
     ) -> SubscribeResult:
         """Join a channel and answer with its position or the publications missed.
 
@@ -578,7 +682,9 @@ class Session:
         recoverable = history and (options.force_recovery or req.recoverable or req.recover)
         positioned = history and (options.force_positioning or req.positioned or recoverable)
         join_leave = options.join_leave and (options.force_push_join_leave or req.join_leave)
-        sub = Subscription(channel, info, recoverable, positioned, join_leave, expires_at)
+        sub = Subscription(
+            channel, info, recoverable, positioned, join_leave, expires_at, server_side
+        )
         self.subscriptions[name] = sub
         self._pending[name] = []
         try:
@@ -612,6 +718,8 @@ class Session:
         # Held pushes with an offset up to here are in the reply (or before the
         # position the client starts from): drop them as duplicates.
         self._ready[name] = max(position.offset, publications[-1].offset if publications else 0)
+        if expires_at is not None:
+            self._update_deadline()  # a subscription token's exp ends it (3006) without sub_refresh
         expires, ttl = self._ttl(expires_at)
         return SubscribeResult(
             expires=expires,
@@ -640,7 +748,9 @@ class Session:
         """Subscribe this connection on the server side and tell the client with a push."""
         if channel.name in self.subscriptions or self.state is not State.CONNECTED:
             return
-        result = await self._subscribe(channel, SubscribeRequest(channel=channel.name), self.info)
+        result = await self._subscribe(
+            channel, SubscribeRequest(channel=channel.name), self.info, server_side=True
+        )
         push = SubscribePush(
             recoverable=result.recoverable,
             epoch=result.epoch,
@@ -667,6 +777,22 @@ class Session:
             await self.hub.leave(self, sub)
         return EmptyResult()
 
+    async def _check_room(self, channel: Channel) -> None:
+        """Let only members at a room:<id> channel: a room one is not in looks missing.
+
+        A room that does not exist and a room the user is not a member of give
+        the same 103 "permission denied". A live subscription stands for
+        membership (leaving a room unsubscribes the user's connections), so only
+        commands on rooms one is not subscribed to ask the database: at most one
+        query per command, none per publication.
+        """
+        if channel.namespace != ROOM_NAMESPACE or channel.name in self.subscriptions:
+            return
+        check = self.hub.room_membership
+        room_id = channel.name.partition(":")[2]
+        if not self.user or not room_id or check is None or not await check(self.user, room_id):
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED)
+
     def _can(self, channel: Channel, for_client: bool, for_subscriber: bool) -> bool:
         if for_client and self.user != "" and channel.user_allowed(self.user):
             return True
@@ -675,6 +801,7 @@ class Session:
 
     async def _cmd_publish(self, req: PublishRequest) -> EmptyResult:
         channel = self._channel(req.channel)
+        await self._check_room(channel)
         options = channel.options
         if not self._can(
             channel, options.allow_publish_for_client, options.allow_publish_for_subscriber
@@ -691,8 +818,9 @@ class Session:
         await self.hub.publish(channel, data, info=info)
         return EmptyResult()
 
-    def _presence_allowed(self, name: str) -> Channel:
+    async def _presence_allowed(self, name: str) -> Channel:
         channel = self._channel(name)
+        await self._check_room(channel)
         options = channel.options
         if not self._can(
             channel, options.allow_presence_for_client, options.allow_presence_for_subscriber
@@ -701,16 +829,17 @@ class Session:
         return channel
 
     async def _cmd_presence(self, req: PresenceRequest) -> PresenceResult:
-        channel = self._presence_allowed(req.channel)
+        channel = await self._presence_allowed(req.channel)
         return PresenceResult(await self.hub.presence(channel))
 
     async def _cmd_presence_stats(self, req: PresenceStatsRequest) -> PresenceStatsResult:
-        channel = self._presence_allowed(req.channel)
+        channel = await self._presence_allowed(req.channel)
         clients = await self.hub.presence(channel)
         return PresenceStatsResult(len(clients), len({c.user for c in clients.values()}))
 
     async def _cmd_history(self, req: HistoryRequest) -> HistoryResult:
         channel = self._channel(req.channel)
+        await self._check_room(channel)
         options = channel.options
         if not self._can(
             channel, options.allow_history_for_client, options.allow_history_for_subscriber
@@ -739,8 +868,11 @@ class Session:
         sub = self.subscriptions.get(req.channel)
         if sub is None:
             raise ProtocolError.of(ErrorCode.PERMISSION_DENIED, "not subscribed")
-        claims = self._verify_subscription_token(req.token, req.channel)
+        claims = await self._verify_subscription_token(req.token, req.channel)
+        if self.subscriptions.get(req.channel) is not sub:
+            raise ProtocolError.of(ErrorCode.PERMISSION_DENIED, "not subscribed")
         sub.expires_at = claims.expires_at
+        self._update_deadline()
         expires, ttl = self._ttl(claims.expires_at)
         return SubRefreshResult(expires=expires, ttl=ttl)
 

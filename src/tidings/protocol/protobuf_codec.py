@@ -160,7 +160,9 @@ def decode_command(body: bytes) -> Command | BadCommand:
     # Take the first request present, in field-number order, as the schema says.
     method = next((m for m in Method if message.HasField(m.value)), None)
     if method is None:
-        return Command(id=message.id, method=None, request=None)
+        if message.id:  # as in JSON: an id asks for a reply, and no method is known
+            return BadCommand(message.id, int(ErrorCode.METHOD_NOT_FOUND), "no method")
+        return Command(id=0, method=None, request=None)
     if message.id == 0 and method is not Method.SEND:
         raise _bad_request()
     request = _DECODERS[method](getattr(message, method.value))

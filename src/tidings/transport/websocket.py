@@ -6,6 +6,7 @@ import logging
 from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket
+from websockets.frames import Frame, Opcode
 
 from ..hub import AbortHook, Hub
 from ..hub.session import State
@@ -39,6 +40,42 @@ class StarletteTransport:
         # until the peer reads or TCP gives up, its buffers bounded meanwhile.
         if self._abort_hook is not None:
             self._abort_hook(self._ws.scope)
+
+
+# Header values that are credentials: never written to a log.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
+
+
+class RedactWebSocketDebugLog(logging.Filter):
+    """Keeps tokens out of uvicorn's WebSocket debug log.
+
+    At debug level the websockets library under uvicorn logs every frame it
+    sends and receives (a connect command's token included) and every
+    handshake header, through the ``uvicorn.error`` logger. This drops data
+    frames from that log (control frames stay) and redacts credential headers.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.levelno > logging.DEBUG or not isinstance(args, tuple):
+            return True
+        if any(isinstance(a, Frame) and a.opcode in _DATA_OPCODES for a in args):
+            return False
+        if len(args) == 2 and isinstance(args[0], str) and args[0].lower() in _SECRET_HEADERS:
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+_REDACT = RedactWebSocketDebugLog()
+
+
+def hide_secrets_from_logs() -> None:
+    """Install the filter on uvicorn's WebSocket logger; safe to call more than once.
+
+    A logger's filters survive ``logging.config.dictConfig`` (uvicorn's log config).
+    """
+    logging.getLogger("uvicorn.error").addFilter(_REDACT)
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:

@@ -1,0 +1,734 @@
+"""The Redis broker: many nodes share history, presence and fan-out through Redis.
+
+Selected by ``TIDINGS_BROKER_URL=redis://host:6379/0`` (``rediss://`` for TLS).
+Query parameters of the URL that are ours, not redis-py's:
+
+- ``prefix`` (default ``tidings``): the start of every key and pub/sub channel,
+  so several deployments can share one Redis.
+- ``presence_ttl`` (seconds, default 60): how long a presence entry lives
+  unless its node refreshes it (every third of that), so the clients of a
+  crashed node leave the presence list.
+- ``reconnect_max`` (seconds, default 2): the longest pause between two
+  attempts to reconnect the pub/sub connection.
+
+Keys of one channel (``{prefix}:{<channel>}:...``) share the hash tag
+``{<channel>}``, so they live in one Redis Cluster slot and one Lua script can
+touch them all:
+
+- ``...:meta``: a hash with the stream's ``epoch`` and ``top`` (last offset).
+  It outlives the history (its expiry is ``max(history ttl, 1 day)`` after the
+  last publish), so offsets and epoch stay the same while a channel is in use.
+  When it is gone (expired, evicted, FLUSHALL, Redis restarted without its
+  data) the next publish or history read makes a new random epoch, so a
+  client recovering from an old position learns ``recovered: false``.
+- ``...:history``: a stream whose entry IDs are ``<offset>-0``; each entry
+  holds the encoded publication and its expiry time. Kept to the history size
+  by ``XADD MAXLEN``; the key expires a history ttl after the last publish.
+- ``...:presence`` (hash client -> info) and ``...:presence:expiry`` (sorted
+  set client -> expiry time in ms).
+- ``...:pub``: the pub/sub channel for publications, joins and leaves.
+
+Each node holds one pub/sub connection with one SUBSCRIBE per channel that has
+local subscribers (the hub asks for the first and the last one only). redis-py
+does not reconnect a pub/sub connection by itself, so a reader task here does:
+it notices a broken connection (EOF, an error, or no answer to a PING within
+``health_interval``), marks the broker not ready, reconnects with bounded,
+jittered exponential backoff, subscribes every channel again, and then tells
+the hub each channel's stream top (``BrokerEvents.on_resubscribed``) so the
+hub can find publications lost while the connection was down.
+
+Every command failing for want of Redis raises ``BrokerUnavailable``: a publish
+during an outage fails visibly (error 100 to a client, HTTP 503 from the server
+API). Commands are never retried here, since a retried publish could be
+delivered twice; the client that got the error retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..protocol import ClientInfo, Publication, StreamPosition
+from .base import BrokerEvents, BrokerUnavailable, HistoryOptions
+
+log = logging.getLogger("tidings.brokers.redis")
+
+# A stream's epoch and top outlive its publications by at least this long
+# (the memory broker's STREAM_IDLE_TTL).
+META_TTL = 24 * 3600.0
+
+# Errors that mean "Redis cannot serve this now": they become BrokerUnavailable.
+# (redis-py's BusyLoadingError, while Redis loads its data, is a ConnectionError.)
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# Marks of the PINGs the reader sends on its pub/sub connection: the reply comes
+# after everything Redis sent on that connection before it.
+_MARK_SUBSCRIBED = b"tidings:subscribed"
+_MARK_BARRIER = b"tidings:barrier"
+
+_CHUNK = 500
+
+# Publish with history, atomically: make the stream's meta hash (a new epoch
+# when it is missing, dropping any stream left from an older epoch), take the
+# next offset, append the entry with ID <offset>-0 and keep the last N, set the
+# expiries, and publish the publication with its offset and epoch to every node.
+#
+# Time limit per publication: each entry keeps its expiry time (Redis' clock,
+# so every node agrees), and reads skip expired entries. Entry IDs are offsets,
+# not times, so XTRIM MINID cannot trim by time; the stream key itself expires
+# one ttl after the last publish, when every entry in it has expired.
+#
+# KEYS: stream, meta. ARGV: pub/sub channel, payload, size, ttl ms, meta ttl ms,
+# epoch to use when the meta hash is missing.
+_PUBLISH = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local top = redis.call('HINCRBY', KEYS[2], 'top', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[4])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], string.format('%d-0', top),
+  'e', string.format('%d', now + ttl), 'p', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[1], 'p' .. string.format('%d', top) .. ' ' .. epoch .. ' ' .. ARGV[2])
+return {top, epoch}
+"""
+
+# Read a stream: its top and epoch (a new epoch when the meta hash is missing),
+# and the live entries after `since` (-1: from the start), oldest or newest
+# first, at most `limit` (< 0: all; 0: none). Returns {top, epoch, {id, payload, ...}}.
+#
+# KEYS: stream, meta. ARGV: since, limit, reverse (0/1), new epoch, meta ttl ms.
+_HISTORY = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'top', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  return {0, epoch, {}}
+end
+local top = tonumber(redis.call('HGET', KEYS[2], 'top') or '0')
+local limit = tonumber(ARGV[2])
+local out = {}
+if limit == 0 then
+  return {top, epoch, out}
+end
+local since = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local low = '-'
+if since >= 0 then
+  low = string.format('%d-1', since)
+end
+local cmd, a, b = 'XRANGE', low, '+'
+if ARGV[3] == '1' then
+  cmd, a, b = 'XREVRANGE', '+', low
+end
+local n = 0
+while true do
+  local want = 1000
+  if limit > 0 and limit - n < want then
+    want = limit - n
+  end
+  local batch = redis.call(cmd, KEYS[1], a, b, 'COUNT', want)
+  for i = 1, #batch do
+    local fields = batch[i][2]
+    local expires, payload = 0, nil
+    for j = 1, #fields, 2 do
+      if fields[j] == 'e' then
+        expires = tonumber(fields[j + 1])
+      elseif fields[j] == 'p' then
+        payload = fields[j + 1]
+      end
+    end
+    if expires > now and payload then
+      n = n + 1
+      out[#out + 1] = batch[i][1]
+      out[#out + 1] = payload
+    end
+  end
+  if #batch < want or (limit > 0 and n >= limit) then
+    break
+  end
+  local last = tonumber(string.match(batch[#batch][1], '^(%d+)'))
+  if cmd == 'XRANGE' then
+    a = string.format('%d-1', last)
+  else
+    a = string.format('%d-0', last - 1)
+  end
+end
+return {top, epoch, out}
+"""
+
+# Add (or refresh) a presence entry with an expiry on Redis' clock.
+# KEYS: hash, zset. ARGV: client, info, ttl ms.
+_PRESENCE_ADD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# Drop expired presence entries (their node stopped refreshing them), then list
+# the rest. KEYS: hash, zset.
+_PRESENCE_GET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #expired > 0 then
+  for i = 1, #expired, 500 do
+    redis.call('HDEL', KEYS[1], unpack(expired, i, math.min(i + 499, #expired)))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+# --- encoding ---------------------------------------------------------------
+#
+# A publication travels and is stored as a small JSON header, a newline, then
+# the raw JSON blobs it carries, back to back: conn_info, chan_info, data. The
+# header says which are there and how long (orjson never writes a raw newline,
+# so the first newline ends it). The blobs are never parsed or re-encoded here:
+# a subscriber gets the very bytes the publisher sent.
+#
+# Pub/sub messages: b"p<offset> <epoch> <publication>" (offset 0 and an empty
+# epoch without history), b"j<info>" for a join and b"l<info>" for a leave,
+# where <info> is the same header and blobs without data.
+
+
+def _put_info(header: dict[str, Any], blobs: list[bytes], info: ClientInfo) -> None:
+    header["u"] = info.user
+    header["c"] = info.client
+    if info.conn_info is not None:
+        header["n"] = len(info.conn_info)
+        blobs.append(info.conn_info)
+    if info.chan_info is not None:
+        header["h"] = len(info.chan_info)
+        blobs.append(info.chan_info)
+
+
+def encode_publication(
+    data: bytes, info: ClientInfo | None = None, tags: Mapping[str, str] | None = None
+) -> bytes:
+    header: dict[str, Any] = {}
+    blobs: list[bytes] = []
+    if info is not None:
+        _put_info(header, blobs, info)
+    if tags:
+        header["g"] = dict(tags)
+    return b"".join((orjson.dumps(header), b"\n", *blobs, data))
+
+
+def encode_info(info: ClientInfo) -> bytes:
+    return encode_publication(b"", info)
+
+
+def _split(payload: bytes) -> tuple[dict[str, Any], ClientInfo | None, int]:
+    """The header, the info and where the data starts."""
+    cut = payload.index(b"\n")
+    header: dict[str, Any] = orjson.loads(payload[:cut])
+    pos = cut + 1
+    if "u" not in header:
+        return header, None, pos
+    conn_info = chan_info = None
+    if "n" in header:
+        conn_info = payload[pos : pos + header["n"]]
+        pos += header["n"]
+    if "h" in header:
+        chan_info = payload[pos : pos + header["h"]]
+        pos += header["h"]
+    return header, ClientInfo(header["u"], header["c"], conn_info, chan_info), pos
+
+
+def decode_publication(payload: bytes, offset: int = 0) -> Publication:
+    header, info, pos = _split(payload)
+    return Publication(data=payload[pos:], offset=offset, info=info, tags=header.get("g"))
+
+
+def decode_info(payload: bytes) -> ClientInfo:
+    _, info, _ = _split(payload)
+    if info is None:
+        raise ValueError("no client info")
+    return info
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """Turn "Redis is not there" into BrokerUnavailable."""
+    try:
+        yield
+    except _UNAVAILABLE as e:
+        raise BrokerUnavailable(f"redis: {what}: {e}") from e
+
+
+_OPTIONS = ("prefix", "presence_ttl", "reconnect_max")
+
+
+class RedisBroker:
+    """A broker for many nodes, on one Redis (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str | None = None,
+        presence_ttl: float | None = None,
+        reconnect_max: float | None = None,
+        reconnect_base: float = 0.05,
+        health_interval: float = 5.0,
+        command_timeout: float = 5.0,
+        start_timeout: float = 5.0,
+    ) -> None:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = {k: v for k, v in query if k in _OPTIONS}
+        rest = [(k, v) for k, v in query if k not in _OPTIONS]
+        self.redis_url = urlunsplit(parts._replace(query=urlencode(rest)))
+        self.prefix = prefix if prefix is not None else ours.get("prefix", "tidings")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the redis key prefix must not contain '{' or '}'")
+        self.presence_ttl = (
+            presence_ttl if presence_ttl is not None else float(ours.get("presence_ttl", 60))
+        )
+        self.reconnect_max = (
+            reconnect_max if reconnect_max is not None else float(ours.get("reconnect_max", 2))
+        )
+        if self.presence_ttl <= 0 or self.reconnect_max <= 0:
+            raise ValueError("presence_ttl and reconnect_max must be positive")
+        self.reconnect_base = min(reconnect_base, self.reconnect_max)
+        self.health_interval = health_interval
+        self.command_timeout = command_timeout
+        self.start_timeout = start_timeout
+
+        self._events: BrokerEvents | None = None
+        # Commands: never retried by redis-py (a retried publish could be delivered
+        # twice); a failure becomes BrokerUnavailable and the caller retries.
+        self._client = Redis(
+            connection_pool=ConnectionPool.from_url(
+                self.redis_url,
+                socket_timeout=command_timeout,
+                socket_connect_timeout=command_timeout,
+                socket_keepalive=True,
+                retry=Retry(NoBackoff(), 0),
+                protocol=2,
+            )
+        )
+        # No socket timeout on the pub/sub connection: it waits for messages, and
+        # the reader's PINGs find a dead one. It also makes a command's bytes go
+        # out before send_command yields, so SUBSCRIBE/UNSUBSCRIBE keep their order.
+        self._pubsub_pool = ConnectionPool.from_url(
+            self.redis_url,
+            socket_connect_timeout=command_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            # RESP2: pub/sub messages are plain replies (RESP3 makes them pushes,
+            # which redis-py hands to a callback instead of read_response).
+            protocol=2,
+        )
+        self._publish: AsyncScript = self._client.register_script(_PUBLISH)
+        self._history: AsyncScript = self._client.register_script(_HISTORY)
+        self._presence_add: AsyncScript = self._client.register_script(_PRESENCE_ADD)
+        self._presence_get: AsyncScript = self._client.register_script(_PRESENCE_GET)
+        self._conn: AbstractConnection | None = None
+        self._ready = False
+        self._ready_event = asyncio.Event()
+        self._closing = False
+        self._failures = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        # Pub/sub channel -> channel, for every channel this node is subscribed to.
+        self._channels: dict[bytes, str] = {}
+        # Pub/sub channel -> futures of SUBSCRIBEs sent and not confirmed yet, in order.
+        self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
+        # Presence entries this node added: refreshed until removed.
+        self._presence: dict[tuple[str, str], bytes] = {}
+
+    # --- keys -------------------------------------------------------------
+
+    def _key(self, channel: str, suffix: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:{suffix}"
+
+    def _pub_key(self, channel: str) -> bytes:
+        return self._key(channel, "pub").encode()
+
+    def _stream_keys(self, channel: str) -> list[str]:
+        return [self._key(channel, "history"), self._key(channel, "meta")]
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        return [self._key(channel, "presence"), self._key(channel, "presence:expiry")]
+
+    @property
+    def client(self) -> Redis:
+        """The command client (tests use it to look at and break Redis)."""
+        return self._client
+
+    # --- lifecycle --------------------------------------------------------
+
+    async def start(self, events: BrokerEvents) -> None:
+        """Connect, then wait a while for the pub/sub connection; go on retrying after."""
+        self._events = events
+        self._closing = False
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="tidings-redis-pubsub"),
+            loop.create_task(self._refresh_presence(), name="tidings-redis-presence"),
+        ]
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), self.start_timeout)
+        except TimeoutError:
+            log.warning("redis at %s is not reachable yet; retrying", self._where())
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            # A cancel can get lost inside redis-py (asyncio.wait_for on Python 3.11
+            # swallows one that lands as the command completes): the loops also stop
+            # on _closing, and the cancel is repeated.
+            for _ in range(20):
+                task.cancel()
+                done, _pending = await asyncio.wait([task], timeout=0.5)
+                if done:
+                    break
+            else:
+                log.error("task %s did not stop", task.get_name())
+        self._set_ready(False)
+        self._fail_waiters()
+        await self._client.aclose()
+        await self._client.connection_pool.disconnect()
+        await self._pubsub_pool.disconnect()
+        self._events = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _set_ready(self, ready: bool) -> None:
+        self._ready = ready
+        if ready:
+            self._ready_event.set()
+        else:
+            self._ready_event.clear()
+
+    def _where(self) -> str:
+        parts = urlsplit(self.redis_url)
+        return f"{parts.hostname}:{parts.port or 6379}"
+
+    # --- the pub/sub connection -------------------------------------------
+
+    async def _run(self) -> None:
+        """Hold the pub/sub connection: connect, (re)subscribe, read; on failure, again."""
+        # (make_connection has no annotations in redis-py.)
+        make_connection: Callable[[], AbstractConnection] = self._pubsub_pool.make_connection
+        while not self._closing:
+            conn = make_connection()
+            try:
+                connect: Callable[[], Awaitable[None]] = conn.connect  # untyped in redis-py
+                await connect()
+                self._conn = conn
+                keys = list(self._channels)
+                for chunk in _chunks(keys):
+                    await _send(conn, "SUBSCRIBE", *chunk)
+                await _send(conn, "PING", _MARK_SUBSCRIBED)
+                await self._read(conn, keys)
+            except (*_UNAVAILABLE, RedisError) as e:
+                if self._failures == 0:
+                    log.warning("redis pub/sub connection lost: %s; reconnecting", e)
+                else:
+                    log.debug("redis pub/sub reconnect failed: %s", e)
+            except Exception:
+                # A bug must not end the reader for good: the node would stay
+                # unready forever. Start over, as after a lost connection.
+                log.exception("redis pub/sub reader failed; reconnecting")
+            finally:
+                self._conn = None
+                self._set_ready(False)
+                self._fail_waiters()
+                await conn.disconnect(nowait=True)
+            # Exponential backoff with jitter, bounded by reconnect_max.
+            delay = min(self.reconnect_max, self.reconnect_base * 2**self._failures)
+            self._failures = min(self._failures + 1, 30)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _read(self, conn: AbstractConnection, resubscribed: list[bytes]) -> None:
+        awaiting_pong = False
+        positions: dict[str, StreamPosition | None] | None = None
+        while True:
+            message = await conn.read_response(timeout=self.health_interval)
+            if message is None:
+                if awaiting_pong:
+                    raise RedisConnectionError("no answer on the pub/sub connection")
+                await _send(conn, "PING")
+                awaiting_pong = True
+                continue
+            awaiting_pong = False
+            if not isinstance(message, list):
+                # A PING's reply while subscribed to nothing: the bare argument.
+                message = [b"pong", message]
+            kind = message[0]
+            if kind == b"message":
+                self._on_message(message[1], message[2])
+            elif kind == b"subscribe":
+                waiters = self._waiters.get(message[1])
+                if waiters:
+                    waiter = waiters.popleft()
+                    if not waiters:
+                        del self._waiters[message[1]]
+                    if not waiter.done():
+                        waiter.set_result(None)
+            elif kind == b"pong" and message[1] == _MARK_SUBSCRIBED:
+                if self._failures:
+                    log.warning("redis pub/sub connection is back")
+                self._failures = 0
+                self._set_ready(True)
+                channels = [self._channels[k] for k in resubscribed if k in self._channels]
+                if channels:
+                    # Where each stream is now. Every publication made before this
+                    # read reaches this connection before the barrier's PONG, so the
+                    # hub compares these tops with what it has seen once that is in.
+                    positions = await self._stream_positions(channels)
+                    await _send(conn, "PING", _MARK_BARRIER)
+            elif kind == b"pong" and message[1] == _MARK_BARRIER and positions is not None:
+                events = self._events
+                if events is not None:
+                    try:
+                        events.on_resubscribed(positions)
+                    except Exception:
+                        log.exception("on_resubscribed failed")
+                positions = None
+
+    def _on_message(self, key: bytes, message: bytes) -> None:
+        channel = self._channels.get(key)
+        events = self._events
+        if channel is None or events is None:
+            return  # a straggler from a channel unsubscribed since
+        try:
+            kind = message[:1]
+            if kind == b"p":
+                offset, epoch, payload = message[1:].split(b" ", 2)
+                events.on_publication(
+                    channel, decode_publication(payload, int(offset)), epoch.decode()
+                )
+            elif kind == b"j":
+                events.on_join(channel, decode_info(message[1:]))
+            elif kind == b"l":
+                events.on_leave(channel, decode_info(message[1:]))
+        except Exception:
+            log.exception("cannot deliver a message of channel %r", channel)
+
+    def _fail_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for queue in waiters.values():
+            for waiter in queue:
+                if not waiter.done():
+                    waiter.set_exception(BrokerUnavailable("redis pub/sub connection lost"))
+
+    async def _stream_positions(self, channels: list[str]) -> dict[str, StreamPosition | None]:
+        """Each channel's stream top, or None when it has no stream (read-only)."""
+        positions: dict[str, StreamPosition | None] = {}
+        for chunk in _chunks(channels):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for channel in chunk:
+                    pipe.hmget(self._key(channel, "meta"), ["epoch", "top"])
+                replies = await pipe.execute()
+            for channel, (epoch, top) in zip(chunk, replies, strict=True):
+                positions[channel] = (
+                    None if epoch is None else StreamPosition(int(top or 0), epoch.decode())
+                )
+        return positions
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe upstream; returns once Redis confirmed it, so nothing after is missed."""
+        conn = self._conn
+        if conn is None or not self._ready:
+            raise BrokerUnavailable("redis pub/sub connection is down")
+        key = self._pub_key(channel)
+        self._channels[key] = channel
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, deque()).append(waiter)
+        try:
+            await _send(conn, "SUBSCRIBE", key)
+            await asyncio.wait_for(waiter, self.command_timeout)
+        except (*_UNAVAILABLE, BrokerUnavailable) as e:
+            if self._channels.pop(key, None) is not None and conn is self._conn:
+                with _quiet():
+                    await _send(conn, "UNSUBSCRIBE", key)
+            raise BrokerUnavailable(f"redis: cannot subscribe to {channel!r}: {e}") from e
+
+    async def unsubscribe(self, channel: str) -> None:
+        key = self._pub_key(channel)
+        if self._channels.pop(key, None) is None:
+            return
+        conn = self._conn
+        if conn is not None:
+            # On a broken connection the reader resubscribes without this channel.
+            with _quiet():
+                await _send(conn, "UNSUBSCRIBE", key)
+
+    # --- publishing and history -------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: Mapping[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> StreamPosition:
+        payload = encode_publication(data, info, tags)
+        pub_key = self._pub_key(channel)
+        with _guard("publish"):
+            if history is not None and history.size > 0 and history.ttl > 0:
+                top, epoch = await self._publish(
+                    keys=self._stream_keys(channel),
+                    args=[
+                        pub_key,
+                        payload,
+                        history.size,
+                        _ms(history.ttl),
+                        _ms(max(history.ttl, META_TTL)),
+                        _new_epoch(),
+                    ],
+                )
+                return StreamPosition(int(top), epoch.decode())
+            await self.client.publish(pub_key, b"p0  " + payload)
+        return StreamPosition(0, "")
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        with _guard("publish join"):
+            await self.client.publish(self._pub_key(channel), b"j" + encode_info(info))
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        with _guard("publish leave"):
+            await self.client.publish(self._pub_key(channel), b"l" + encode_info(info))
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None,
+        limit: int,
+        reverse: bool = False,
+    ) -> tuple[list[Publication], StreamPosition]:
+        with _guard("history"):
+            top, epoch, flat = await self._history(
+                keys=self._stream_keys(channel),
+                args=[
+                    since.offset if since is not None else -1,
+                    limit,
+                    1 if reverse else 0,
+                    _new_epoch(),
+                    _ms(META_TTL),
+                ],
+            )
+        publications = [
+            decode_publication(flat[i + 1], int(flat[i].partition(b"-")[0]))
+            for i in range(0, len(flat), 2)
+        ]
+        return publications, StreamPosition(int(top), epoch.decode())
+
+    async def remove_history(self, channel: str) -> None:
+        """Drop the publications; the epoch and the top stay, as with the memory broker."""
+        with _guard("remove history"):
+            await self.client.delete(self._key(channel, "history"))
+
+    # --- presence ---------------------------------------------------------
+
+    async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
+        encoded = encode_info(info)
+        self._presence[(channel, client_id)] = encoded
+        with _guard("add presence"):
+            await self._presence_add(
+                keys=self._presence_keys(channel),
+                args=[client_id, encoded, _ms(self.presence_ttl)],
+            )
+
+    async def remove_presence(self, channel: str, client_id: str) -> None:
+        self._presence.pop((channel, client_id), None)
+        hash_key, zset_key = self._presence_keys(channel)
+        with _guard("remove presence"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(hash_key, client_id)
+                pipe.zrem(zset_key, client_id)
+                await pipe.execute()
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        with _guard("presence"):
+            flat = await self._presence_get(keys=self._presence_keys(channel))
+        return {flat[i].decode(): decode_info(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def _refresh_presence(self) -> None:
+        """Refresh this node's presence entries well before they expire."""
+        ttl_ms = _ms(self.presence_ttl)
+        while not self._closing:
+            await asyncio.sleep(self.presence_ttl / 3)
+            entries = list(self._presence.items())
+            try:
+                for chunk in _chunks(entries):
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for (channel, client_id), encoded in chunk:
+                            await self._presence_add(
+                                keys=self._presence_keys(channel),
+                                args=[client_id, encoded, ttl_ms],
+                                client=pipe,
+                            )
+                        await pipe.execute()
+            except (*_UNAVAILABLE, RedisError, BrokerUnavailable) as e:
+                log.debug("refreshing presence failed: %s", e)
+
+
+async def _send(conn: AbstractConnection, *args: Any) -> None:
+    """Send a command on the pub/sub connection, never reconnecting it behind our back."""
+    if not conn.is_connected:
+        raise RedisConnectionError("the pub/sub connection is closed")
+    await conn.send_command(*args, check_health=False)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE:
+        pass

@@ -1,0 +1,1 @@
+"""Alembic migrations of the Tidings database (run by ``tidings.store.database``)."""
