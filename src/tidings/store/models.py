@@ -1,10 +1,7 @@
-"""The tables: users, their refresh tokens, rooms and who is in them.
+"""The tables: users, their refresh tokens, rooms, who is in them, and chat messages.
 
 Times are stored in UTC and always come back timezone-aware, on SQLite (which
 keeps them as naive text) as on PostgreSQL (``timestamptz``).
-
-Chat messages will get their own table, keyed by ``rooms.id``; nothing here
-needs to change for it.
 """
 
 from __future__ import annotations
@@ -12,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -20,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -34,6 +33,8 @@ NAMING_CONVENTION = {
 
 USER_NAME_MAX = 64
 ROOM_NAME_MAX = 100
+# The longest chat message, in characters.
+MESSAGE_TEXT_MAX = 4000
 
 
 def utcnow() -> datetime:
@@ -119,3 +120,26 @@ class Membership(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Message(Base):
+    """A chat message in a room. The server assigns ``id`` (increasing, never reused) and
+    ``created_at``; ``user_name`` is kept so a message outlives its author's account."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_room_id_id", "room_id", "id"),
+        Index("ix_messages_user_id", "user_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    room_id: Mapped[str] = mapped_column(ForeignKey("rooms.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    user_name: Mapped[str] = mapped_column(String(USER_NAME_MAX))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import database
-from .models import Membership, RefreshToken, Room, User, utcnow
+from .models import Membership, Message, RefreshToken, Room, User, utcnow
 
 
 class UserExists(Exception):
@@ -292,3 +292,37 @@ class Store:
         )
         async with self.session() as s:
             return [(name, joined) for name, joined in (await s.execute(query)).all()]
+
+    # --- chat messages ----------------------------------------------------
+
+    async def add_message(self, room_id: str, user: User, text: str) -> Message:
+        """Store a message; the database assigns its id, the server its time."""
+        message = Message(
+            room_id=room_id, user_id=user.id, user_name=user.name, text=text, created_at=utcnow()
+        )
+        async with self.session() as s, s.begin():
+            s.add(message)
+        return message
+
+    async def messages(
+        self, room_id: str, *, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> tuple[list[Message], bool]:
+        """Up to ``limit`` messages of a room, oldest first, and whether there are more.
+
+        With ``after``: the oldest ones after that id ("more" is newer ones).
+        Otherwise the newest ones, before ``before`` if given ("more" is older ones).
+        """
+        query = select(Message).where(Message.room_id == room_id)
+        if after is not None:
+            query = query.where(Message.id > after).order_by(Message.id)
+        else:
+            if before is not None:
+                query = query.where(Message.id < before)
+            query = query.order_by(Message.id.desc())
+        async with self.session() as s:
+            rows = list((await s.scalars(query.limit(limit + 1))).all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if after is None:
+            rows.reverse()
+        return rows, more
