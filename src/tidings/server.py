@@ -7,16 +7,19 @@ before uvicorn waits for in-flight HTTP requests (server API calls) to finish.
 
 from __future__ import annotations
 
+import gc
 import math
 import socket
 from collections.abc import MutableMapping
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .app import Tidings, create_app
 from .config import Settings
 from .logs import log_config
+from .transport.direct import direct_protocol_factory
 
 
 class TidingsServer(uvicorn.Server):
@@ -35,11 +38,26 @@ class TidingsServer(uvicorn.Server):
                     return True
         return False
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Everything loaded so far lives as long as the process: keep it out of
+        # the collector's way, so full collections (pauses felt as latency by
+        # every client) only walk what connections allocate.
+        gc.collect()
+        gc.freeze()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # stop accepting before clients are told to reconnect
         await self.tidings.close_connections()
         await super().shutdown(sockets)
+
+
+def _websocket_protocol(tidings: Tidings) -> Any:
+    """The direct protocol for /connection/websocket, uvicorn's for other paths."""
+    if not tidings.settings.websocket_direct:
+        return "websockets-sansio"
+    return direct_protocol_factory(tidings.hub, WebSocketsSansIOProtocol)
 
 
 def build_server(
@@ -60,7 +78,7 @@ def build_server(
         port=port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=_websocket_protocol(hub),
         # The WebSocket layer refuses bigger messages (after decompression) with 1009.
         ws_max_size=hub.settings.max_message_size,
         # Tidings sends its own pings; the protocol's pong detects dead clients.

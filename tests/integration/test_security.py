@@ -780,6 +780,14 @@ async def test_no_token_or_key_in_the_logs(tmp_path: Path) -> None:
             ) as ws:
                 await ws.send(orjson.dumps({"id": 1, "connect": {"token": header_token}}).decode())
                 assert "connect" in orjson.loads(await ws.recv())
+            # Other WebSocket paths go through uvicorn's implementation, whose
+            # debug log prints handshake headers: they must come out redacted.
+            async with connect(
+                f"ws://{server.host}:{server.port}/ws",
+                additional_headers={"Authorization": f"Bearer {header_token}"},
+            ) as echo:
+                await echo.send(header_token)
+                assert await echo.recv() == header_token
             bad.append(header_token)
             async with ws_client(server.ws_url) as short:
                 expiring = server.token("short", ttl=1)

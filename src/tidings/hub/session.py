@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -79,7 +79,7 @@ log = logging.getLogger("tidings.session")
 MAX_COALESCED_FRAME = 64 * 1024
 
 # What the queue holds: text frames (JSON) or binary frames (Protobuf).
-Frame = str | bytes
+Frame = bytes
 
 # Closes after which nothing queued is worth sending: the peer is gone, or
 # it is too slow to take what is queued.
@@ -99,6 +99,16 @@ class Transport(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, without a closing handshake."""
+
+
+@runtime_checkable
+class DirectWriter(Protocol):
+    """A transport that writes a whole message at once while its socket keeps up."""
+
+    @property
+    def writable(self) -> bool: ...
+
+    def write_now(self, payload: bytes) -> None: ...
 
 
 class State(Enum):
@@ -123,6 +133,38 @@ class Subscription:
 class Session:
     """The server side of one connection."""
 
+    # Slots: thousands of these live at once, mostly idle.
+    __slots__ = (
+        "_awaiting_pong",
+        "_bucket",
+        "_closer",
+        "_deadline",
+        "_direct",
+        "_drained",
+        "_loop",
+        "_pending",
+        "_queue",
+        "_queued_bytes",
+        "_ready",
+        "_refused",
+        "_reply_bytes",
+        "_separator",
+        "_timers",
+        "_writer",
+        "binary",
+        "client_id",
+        "conn_info",
+        "expires_at",
+        "format",
+        "headers",
+        "hub",
+        "settings",
+        "state",
+        "subscriptions",
+        "transport",
+        "user",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -138,6 +180,11 @@ class Session:
         self.format = wire_format
         # Checked per delivery by the fan-out, which encodes once per format.
         self.binary = wire_format.binary
+        self._separator = wire_format.separator
+        # A transport that can write a message synchronously (the direct path).
+        self._direct: DirectWriter | None = (
+            transport if isinstance(transport, DirectWriter) else None
+        )
         self.client_id = str(uuid.uuid4())
         self.user = ""
         self.state = State.CONNECTING
@@ -157,7 +204,8 @@ class Session:
         # (frame, size, is a reply). Pushes count against the slow limit;
         # replies do not (their size is the client's own doing), but while
         # they exceed it the session stops taking commands: backpressure.
-        self._queue: deque[tuple[Frame, int, bool]] = deque()
+        # Made on first use: on the direct path an idle connection never needs one.
+        self._queue: deque[tuple[Frame, int, bool]] | None = None
         self._queued_bytes = 0
         self._reply_bytes = 0
         self._drained: asyncio.Event | None = None
@@ -208,7 +256,25 @@ class Session:
     def _enqueue(self, frame: Frame, size: int, reply: bool = False) -> None:
         if self.state is State.CLOSED:
             return
-        self._queue.append((frame, size, reply))
+        direct = self._direct
+        if (
+            direct is not None
+            and not self._queue
+            and self._writer is None
+            and direct.writable
+            and (self._deadline is None or time.time() < self._deadline)
+        ):
+            # The socket keeps up: write now, no queue and no task (the frame,
+            # and its compressed form, are built once for all subscribers).
+            direct.write_now(frame)
+            metrics = self.hub.metrics
+            metrics.messages_out += 1
+            metrics.bytes_out += size
+            return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append((frame, size, reply))
         self._queued_bytes += size
         if reply:
             self._reply_bytes += size
@@ -221,7 +287,7 @@ class Session:
 
     def _send_encoded(self, data: bytes, reply: bool = False) -> None:
         """Queue one message already encoded in this connection's format."""
-        self._enqueue(data if self.binary else data.decode(), len(data), reply)
+        self._enqueue(data, len(data), reply)
 
     async def _replies_drained(self) -> None:
         """Wait while replies the client has not read exceed the queue limit."""
@@ -252,7 +318,7 @@ class Session:
                         total += part_size
                         if part_reply:
                             replies += part_size
-                    frame = _join(parts, self.binary)
+                    frame = self._separator.join(parts)
                     size, count = total, len(parts)
                 self._queued_bytes -= size
                 if replies:
@@ -356,7 +422,8 @@ class Session:
             timer.cancel()
         self._timers.clear()
         if reason.code in _NOTHING_MORE_TO_SEND:
-            self._queue.clear()
+            if self._queue is not None:
+                self._queue.clear()  # a running writer sees it empty and stops
             self._queued_bytes = self._reply_bytes = 0
         if self._drained is not None:
             self._drained.set()  # a command waiting for the client to read gives up
@@ -394,10 +461,12 @@ class Session:
             await self._writer
         if self._queue:
             await self._write_loop()
-        if reason.code != DisconnectCode.SLOW:
+        if reason.code != DisconnectCode.SLOW and reason.code >= 3000:
             # Also say it in-band: some proxies do not pass close codes through.
+            # (Not for WebSocket-level codes such as 1009: the protocol never
+            # got that far, as with a server that refuses at that layer.)
             push = self.format.encode_push("", DisconnectPush(reason.code, reason.reason))
-            await self.transport.send(push if self.binary else push.decode())
+            await self.transport.send(push)
         await self.transport.close(reason.code, reason.reason)
 
     async def closed(self) -> None:
@@ -875,13 +944,6 @@ class Session:
         self._update_deadline()
         expires, ttl = self._ttl(claims.expires_at)
         return SubRefreshResult(expires=expires, ttl=ttl)
-
-
-def _join(parts: list[Frame], binary: bool) -> Frame:
-    # A session's queue holds one kind only: bytes for binary formats, str otherwise.
-    if binary:
-        return b"".join(cast(list[bytes], parts))
-    return "\n".join(cast(list[str], parts))
 
 
 def _loads(data: bytes | None) -> Any:

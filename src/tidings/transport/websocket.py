@@ -19,15 +19,17 @@ log = logging.getLogger("tidings.transport")
 class StarletteTransport:
     """What a session needs of a Starlette WebSocket: send a text frame, close, abort."""
 
-    __slots__ = ("_abort_hook", "_ws")
+    __slots__ = ("_abort_hook", "_text", "_ws")
 
-    def __init__(self, ws: WebSocket, abort_hook: AbortHook | None) -> None:
+    def __init__(self, ws: WebSocket, abort_hook: AbortHook | None, text: bool = True) -> None:
         self._ws = ws
         self._abort_hook = abort_hook
+        # JSON goes in text frames, Protobuf in binary ones.
+        self._text = text
 
-    async def send(self, frame: str | bytes) -> None:
-        if isinstance(frame, str):
-            await self._ws.send({"type": "websocket.send", "text": frame})
+    async def send(self, frame: bytes) -> None:
+        if self._text:
+            await self._ws.send({"type": "websocket.send", "text": frame.decode()})
         else:
             await self._ws.send({"type": "websocket.send", "bytes": frame})
 
@@ -118,7 +120,7 @@ async def protocol_endpoint(ws: WebSocket, hub: Hub) -> None:
     protobuf = PROTOBUF_SUBPROTOCOL in offered or ws.query_params.get("format") == "protobuf"
     wire_format = PROTOBUF if protobuf else JSON
     await ws.accept(subprotocol=PROTOBUF_SUBPROTOCOL if PROTOBUF_SUBPROTOCOL in offered else None)
-    transport = StarletteTransport(ws, hub.abort_hook)
+    transport = StarletteTransport(ws, hub.abort_hook, text=not protobuf)
     session = hub.open_session(transport, headers=dict(ws.headers), wire_format=wire_format)
     limit = settings.max_message_size
     try:
