@@ -41,20 +41,40 @@ setup_node() {
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 }
 
+setup_web() {
+    # The chat app's browser bundle (src/tidings/web/dist, git-ignored, shipped in the
+    # wheel): Node builds it with esbuild; serving it needs no Node.
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    local web=src/tidings/web
+    if [ ! -f "$web/node_modules/.package-lock.json" ] \
+        || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+        log "installing npm packages for the web app"
+        (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    log "building the web app"
+    (cd "$web" && npm run --silent build >/dev/null)
+}
+
 case "${1:-}" in
     serve)
         shift
         setup_python
+        setup_web
         exec .venv/bin/tidings serve "$@"
         ;;
     test)
         shift
         setup_python
         setup_node
+        setup_web
+        # The web app's browser tests drive Debian's Chromium (Playwright downloads nothing).
+        command -v chromium >/dev/null || apt_install chromium
         # The Redis broker's tests run a real redis-server (Debian package).
         command -v redis-server >/dev/null || apt_install redis-server
         # Account and room tests also run on a real PostgreSQL (Debian package).
         compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || apt_install postgresql
+        # The multi-node tests put nginx (Debian package) in front of the nodes.
+        command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
         log "ruff"
         .venv/bin/ruff check src tests examples
         .venv/bin/ruff format --check src tests examples

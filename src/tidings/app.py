@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .api.accounts import build_router as build_accounts_router
+from .api.chat import build_chat_router
 from .api.metrics import build_registry
 from .api.server_api import handle_api_request
 from .auth.accounts import Accounts
@@ -41,6 +42,7 @@ from .hub.events import (
 from .protocol import ClientInfo, Disconnect, DisconnectCode, Publication, StreamPosition
 from .store import Store
 from .transport.websocket import echo_endpoint, hide_secrets_from_logs, protocol_endpoint
+from .web import install_web_app
 
 log = logging.getLogger("tidings")
 
@@ -68,6 +70,8 @@ class Tidings:
         self.store = Store(self.settings.effective_database_url)
         self.accounts = Accounts(self.settings, self.store, self.hub)
         self.router.include_router(build_accounts_router(self.accounts))
+        # Chat messages: /rooms/<id>/messages, and the typing RPC.
+        self.router.include_router(build_chat_router(self.accounts, self.handlers))
 
     # --- lifecycle --------------------------------------------------------
 
@@ -184,8 +188,12 @@ class Tidings:
         return await self.publish(personal_channel(user), data)
 
     async def send_message(self, user: str, data: Any) -> int:
-        """Push an asynchronous message to every connection of ``user``; returns how many."""
-        return self.hub.send_message(user, orjson.dumps(data))
+        """Push an asynchronous message to every connection of ``user``, on every node.
+
+        Returns how many connections were on this node. Raises
+        ``BrokerUnavailable`` (after acting here) when the other nodes cannot be told.
+        """
+        return await self.hub.asend_message(user, orjson.dumps(data))
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return await self.hub.presence(self.hub.channel(channel))
@@ -206,15 +214,16 @@ class Tidings:
     async def disconnect(
         self, user: str, *, code: int = int(DisconnectCode.FORCE_NO_RECONNECT), reason: str = ""
     ) -> int:
-        """Close every connection of ``user``; returns how many were closed.
+        """Close every connection of ``user``, on every node; returns how many were here.
 
         ``code`` is a close code in 3001-4999: below 3500 (or 4000-4499) the
-        SDKs reconnect, above they do not.
+        SDKs reconnect, above they do not. Raises ``BrokerUnavailable`` (after
+        acting here) when the other nodes cannot be told.
         """
         if not 3001 <= code <= 4999:
             raise ValueError("disconnect code must be in 3001-4999")
         default = "force reconnect" if Disconnect(code, "").reconnect else "force disconnect"
-        return self.hub.disconnect_user(user, Disconnect(code, reason or default))
+        return await self.hub.adisconnect_user(user, Disconnect(code, reason or default))
 
 
 def create_app(settings: Settings | None = None, tidings: Tidings | None = None) -> FastAPI:
@@ -222,6 +231,8 @@ def create_app(settings: Settings | None = None, tidings: Tidings | None = None)
     hub = tidings or Tidings(settings)
     app = FastAPI(title="Tidings", lifespan=hub.lifespan)
     app.include_router(hub.router)
+    if hub.settings.web_app:
+        install_web_app(app, hub)  # / (chat), /admin, /assets, /admin/api
     add_cors(app, hub.settings)
     app.state.tidings = hub
     return app

@@ -225,7 +225,22 @@ class Settings(BaseSettings):
     write_queue_max_bytes: int = Field(
         1 << 20, gt=0, description="Outgoing bytes queued per connection before 3008 (slow)."
     )
+    websocket_direct: bool = Field(
+        True,
+        description="Serve /connection/websocket without ASGI under tidings serve (leaner).",
+    )
+    websocket_compression: bool = Field(
+        True, description="Offer permessage-deflate (each publication compressed once)."
+    )
+    compression_min_size: int = Field(
+        512, ge=0, description="Messages smaller than this many bytes go uncompressed."
+    )
     shutdown_timeout: float = Field(10.0, gt=0, description="Seconds to drain on SIGTERM.")
+
+    # --- the web app ---
+    web_app: bool = Field(
+        True, description="Serve the chat app at / and the operator page at /admin (serve)."
+    )
 
     # --- identity and logs ---
     node_name: str = Field("", description="Name of this node in info and logs.")

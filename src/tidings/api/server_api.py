@@ -12,7 +12,6 @@ deliver gives HTTP 503, never a false success.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from fastapi.responses import Response
 from ..auth.tokens import ApiKeyring
 from ..brokers import BrokerUnavailable
 from ..hub import Hub, personal_channel
+from ..hub.cluster import NodeInfo
 from ..protocol import (
     Disconnect,
     DisconnectCode,
@@ -153,12 +153,12 @@ async def api_disconnect(hub: Hub, params: Params) -> Any:
         if not 3001 <= code <= 4999:
             raise ApiError(ErrorCode.BAD_REQUEST, "disconnect code must be in 3001-4999")
         reason = Disconnect(code, str(custom.get("reason", ""))[:120])
-    hub.disconnect_user(_str(params, "user"), reason, _str(params, "client", required=False))
+    await hub.adisconnect_user(_str(params, "user"), reason, _str(params, "client", required=False))
     return {}
 
 
 async def api_send(hub: Hub, params: Params) -> Any:
-    hub.send_message(_str(params, "user"), _data(params))
+    await hub.asend_message(_str(params, "user"), _data(params))
     return {}
 
 
@@ -197,21 +197,27 @@ async def api_history_remove(hub: Hub, params: Params) -> Any:
 
 
 async def api_channels(hub: Hub, params: Params) -> Any:
-    pattern = _str(params, "pattern", required=False)
-    counts = hub.channel_counts()
-    return {
-        "channels": {
-            name: {"num_clients": n}
-            for name, n in counts.items()
-            if not pattern or fnmatch.fnmatchcase(name, pattern)
-        }
-    }
+    # Every node's channels, asked over the control channel (see hub/cluster.py).
+    counts = await hub.cluster.channels(_str(params, "pattern", required=False))
+    return {"channels": {name: {"num_clients": n} for name, n in counts.items()}}
 
 
 async def api_info(hub: Hub, params: Params) -> Any:
-    node = hub.stats()
-    node["uid"] = hub.node_uid
-    return {"nodes": [node]}
+    # This node first, then every node whose heartbeat arrived lately.
+    return {"nodes": [_node(n) for n in hub.cluster.nodes()]}
+
+
+def _node(node: NodeInfo) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "uid": node.uid,
+        "version": node.version,
+        "uptime": node.uptime,
+        "num_clients": node.num_clients,
+        "num_users": node.num_users,
+        "num_channels": node.num_channels,
+        "num_subs": node.num_subs,
+    }
 
 
 async def api_batch(hub: Hub, params: Params) -> Any:

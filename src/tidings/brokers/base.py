@@ -41,6 +41,14 @@ class BrokerEvents(Protocol):
         past the last offset the node saw means publications were lost.
         """
 
+    def on_control(self, message: bytes) -> None:
+        """A control message from a node of the deployment, this one included.
+
+        Control messages (``tidings.hub.cluster``) make every node act on a
+        user's connections and share node stats. They are fire-and-forget: a
+        node cut off from the broker when one is sent never sees it.
+        """
+
 
 class BrokerUnavailable(Exception):
     """The broker cannot serve a request now; a retry may succeed."""
@@ -96,3 +104,15 @@ class Broker(Protocol):
     async def remove_presence(self, channel: str, client_id: str) -> None: ...
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def publish_control(self, message: bytes) -> None:
+        """Send a control message to every node of the deployment (this one too)."""
+
+    async def add_user_connection(self, user: str, client_id: str, limit: int) -> bool:
+        """Count a connection of ``user`` across nodes; False at the limit (then not counted).
+
+        ``limit`` <= 0: no limit. The connections of a node that stopped
+        (or crashed) stop counting once it is gone.
+        """
+
+    async def remove_user_connection(self, user: str, client_id: str) -> None: ...

@@ -48,6 +48,8 @@ class MemoryBroker:
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._subscribed: set[str] = set()
         self._publishes_since_sweep = 0
+        # user -> client ids of that user's counted connections.
+        self._user_connections: dict[str, set[str]] = {}
 
     async def start(self, events: BrokerEvents) -> None:
         self._events = events
@@ -157,3 +159,22 @@ class MemoryBroker:
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         return dict(self._presence.get(channel, {}))
+
+    async def publish_control(self, message: bytes) -> None:
+        """One node: the control message comes straight back to it."""
+        if self._events is not None:
+            self._events.on_control(message)
+
+    async def add_user_connection(self, user: str, client_id: str, limit: int) -> bool:
+        clients = self._user_connections.setdefault(user, set())
+        if 0 < limit <= len(clients - {client_id}):
+            return False
+        clients.add(client_id)
+        return True
+
+    async def remove_user_connection(self, user: str, client_id: str) -> None:
+        clients = self._user_connections.get(user)
+        if clients is not None:
+            clients.discard(client_id)
+            if not clients:
+                del self._user_connections[user]

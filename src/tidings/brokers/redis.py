@@ -28,6 +28,22 @@ touch them all:
   set client -> expiry time in ms).
 - ``...:pub``: the pub/sub channel for publications, joins and leaves.
 
+Keys and channels of the deployment as a whole (``{prefix}:cluster:...``, never
+a channel's, which all start ``{prefix}:{``):
+
+- ``...:control``: the pub/sub channel of control messages (``publish_control``,
+  ``BrokerEvents.on_control``; their format is ``tidings.hub.cluster``'s), to
+  which every node subscribes on its pub/sub connection.
+- ``...:{users}:nodes``: a sorted set of live broker ids -> expiry time (ms);
+  a node with counted connections refreshes its own every ``NODE_REFRESH``
+  seconds, for ``NODE_TTL``.
+- ``...:{users}:user:<user>``: a sorted set of ``<broker id> <client id>`` ->
+  expiry time, one member per connection of the user, for the per-user
+  connection limit. A Lua script counts the members of live nodes and adds one
+  only under the limit, atomically, so two nodes racing cannot both pass it.
+  Members are refreshed like presence entries; a crashed node's stop counting
+  as soon as its entry in ``nodes`` expires (``NODE_TTL``).
+
 Each node holds one pub/sub connection with one SUBSCRIBE per channel that has
 local subscribers (the hub asks for the first and the last one only). redis-py
 does not reconnect a pub/sub connection by itself, so a reader task here does:
@@ -83,8 +99,13 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 # after everything Redis sent on that connection before it.
 _MARK_SUBSCRIBED = b"tidings:subscribed"
 _MARK_BARRIER = b"tidings:barrier"
+_MARK_SYNC = b"tidings:sync"
 
 _CHUNK = 500
+
+# A node's entry in the live-node set: refreshed this often, lives this long.
+NODE_REFRESH = 1.0
+NODE_TTL = 5.0
 
 # Publish with history, atomically: make the stream's meta hash (a new epoch
 # when it is missing, dropping any stream left from an older epoch), take the
@@ -209,6 +230,59 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 end
 return redis.call('HGETALL', KEYS[1])
+"""
+
+
+# Mark this node alive; count the connections of a user on live nodes (dropping
+# expired members and those of dead nodes) and, under the limit (<= 0: none),
+# add or refresh one. Returns 1 when added, 0 at the limit.
+#
+# KEYS: user zset, node zset. ARGV: member ("<node> <client>"), limit, ttl ms,
+# node, node ttl ms.
+_USER_ADD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local ttl = tonumber(ARGV[3])
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+  local live = {}
+  local n = 0
+  for i = 1, #members do
+    local node = string.match(members[i], '^(%S+) ')
+    local alive = live[node]
+    if alive == nil then
+      local until_ms = node and redis.call('ZSCORE', KEYS[2], node)
+      alive = until_ms ~= false and until_ms ~= nil and tonumber(until_ms) > now
+      live[node or ''] = alive
+    end
+    if not alive then
+      redis.call('ZREM', KEYS[1], members[i])
+    elseif members[i] ~= ARGV[1] then
+      n = n + 1
+    end
+  end
+  if n >= limit then
+    return 0
+  end
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+# Mark a node alive until now + ttl, and forget the nodes that expired.
+# KEYS: node zset. ARGV: node, ttl ms.
+_NODE_ALIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 """
 
 
@@ -371,6 +445,12 @@ class RedisBroker:
         self._history: AsyncScript = self._client.register_script(_HISTORY)
         self._presence_add: AsyncScript = self._client.register_script(_PRESENCE_ADD)
         self._presence_get: AsyncScript = self._client.register_script(_PRESENCE_GET)
+        self._user_add: AsyncScript = self._client.register_script(_USER_ADD)
+        self._node_alive: AsyncScript = self._client.register_script(_NODE_ALIVE)
+        # This broker's id in the live-node set and in user connection members.
+        self.node_id = secrets.token_hex(8)
+        self.node_ttl = NODE_TTL
+        self._control_key = f"{self.prefix}:cluster:control".encode()
         self._conn: AbstractConnection | None = None
         self._ready = False
         self._ready_event = asyncio.Event()
@@ -381,8 +461,13 @@ class RedisBroker:
         self._channels: dict[bytes, str] = {}
         # Pub/sub channel -> futures of SUBSCRIBEs sent and not confirmed yet, in order.
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
+        # Futures of sync PINGs sent on the pub/sub connection, in order.
+        self._syncs: deque[asyncio.Future[None]] = deque()
         # Presence entries this node added: refreshed until removed.
         self._presence: dict[tuple[str, str], bytes] = {}
+        # (user, client) of the connections this node counts: refreshed until removed.
+        self._user_connections: set[tuple[str, str]] = set()
+        self._counted_any = False
 
     # --- keys -------------------------------------------------------------
 
@@ -397,6 +482,12 @@ class RedisBroker:
 
     def _presence_keys(self, channel: str) -> list[str]:
         return [self._key(channel, "presence"), self._key(channel, "presence:expiry")]
+
+    def _user_keys(self, user: str) -> list[str]:
+        return [
+            f"{self.prefix}:cluster:{{users}}:user:{user}",
+            f"{self.prefix}:cluster:{{users}}:nodes",
+        ]
 
     @property
     def client(self) -> Redis:
@@ -413,6 +504,7 @@ class RedisBroker:
         self._tasks = [
             loop.create_task(self._run(), name="tidings-redis-pubsub"),
             loop.create_task(self._refresh_presence(), name="tidings-redis-presence"),
+            loop.create_task(self._keep_alive(), name="tidings-redis-node"),
         ]
         try:
             await asyncio.wait_for(self._ready_event.wait(), self.start_timeout)
@@ -435,6 +527,12 @@ class RedisBroker:
                 log.error("task %s did not stop", task.get_name())
         self._set_ready(False)
         self._fail_waiters()
+        if self._counted_any:
+            # Gone at once from the live-node set: its connections stop counting.
+            try:
+                await self.client.zrem(self._user_keys("")[1], self.node_id)
+            except (*_UNAVAILABLE, RedisError) as e:
+                log.debug("cannot leave the live-node set: %s", e)
         await self._client.aclose()
         await self._client.connection_pool.disconnect()
         await self._pubsub_pool.disconnect()
@@ -468,6 +566,7 @@ class RedisBroker:
                 await connect()
                 self._conn = conn
                 keys = list(self._channels)
+                await _send(conn, "SUBSCRIBE", self._control_key)
                 for chunk in _chunks(keys):
                     await _send(conn, "SUBSCRIBE", *chunk)
                 await _send(conn, "PING", _MARK_SUBSCRIBED)
@@ -529,6 +628,11 @@ class RedisBroker:
                     # hub compares these tops with what it has seen once that is in.
                     positions = await self._stream_positions(channels)
                     await _send(conn, "PING", _MARK_BARRIER)
+            elif kind == b"pong" and message[1] == _MARK_SYNC:
+                if self._syncs:
+                    sync = self._syncs.popleft()
+                    if not sync.done():
+                        sync.set_result(None)
             elif kind == b"pong" and message[1] == _MARK_BARRIER and positions is not None:
                 events = self._events
                 if events is not None:
@@ -539,6 +643,9 @@ class RedisBroker:
                 positions = None
 
     def _on_message(self, key: bytes, message: bytes) -> None:
+        if key == self._control_key:
+            self._on_control(message)
+            return
         channel = self._channels.get(key)
         events = self._events
         if channel is None or events is None:
@@ -557,7 +664,20 @@ class RedisBroker:
         except Exception:
             log.exception("cannot deliver a message of channel %r", channel)
 
+    def _on_control(self, message: bytes) -> None:
+        events = self._events
+        if events is None:
+            return
+        try:
+            events.on_control(message)
+        except Exception:
+            log.exception("cannot handle a control message")
+
     def _fail_waiters(self) -> None:
+        syncs, self._syncs = self._syncs, deque()
+        for sync in syncs:
+            if not sync.done():
+                sync.set_exception(BrokerUnavailable("redis pub/sub connection lost"))
         waiters, self._waiters = self._waiters, {}
         for queue in waiters.values():
             for waiter in queue:
@@ -667,7 +787,29 @@ class RedisBroker:
             decode_publication(flat[i + 1], int(flat[i].partition(b"-")[0]))
             for i in range(0, len(flat), 2)
         ]
+        if self._pub_key(channel) in self._channels:
+            await self._sync()
         return publications, StreamPosition(int(top), epoch.decode())
+
+    async def _sync(self) -> None:
+        """Wait until the publications Redis made before now have reached the hub.
+
+        The pub/sub connection and the command connections are different
+        sockets: a history read can come back before a publication it already
+        counts arrives by pub/sub. A subscribe drops the pushes its reply
+        covers only while it holds them, so it must hold them all: a PING on
+        the pub/sub connection is answered after every message sent before it.
+        """
+        conn = self._conn
+        if conn is None or not self._ready:
+            return  # nothing is delivered now; the resubscription finds the gaps
+        sync = asyncio.get_running_loop().create_future()
+        self._syncs.append(sync)
+        try:
+            await _send(conn, "PING", _MARK_SYNC)
+            await asyncio.wait_for(sync, self.command_timeout)
+        except (*_UNAVAILABLE, TimeoutError) as e:
+            raise BrokerUnavailable(f"redis: pub/sub sync: {e}") from e
 
     async def remove_history(self, channel: str) -> None:
         """Drop the publications; the epoch and the top stay, as with the memory broker."""
@@ -699,13 +841,77 @@ class RedisBroker:
             flat = await self._presence_get(keys=self._presence_keys(channel))
         return {flat[i].decode(): decode_info(flat[i + 1]) for i in range(0, len(flat), 2)}
 
+    # --- control messages and the user connections of every node ----------
+
+    async def publish_control(self, message: bytes) -> None:
+        with _guard("publish control"):
+            await self.client.publish(self._control_key, message)
+
+    async def add_user_connection(self, user: str, client_id: str, limit: int) -> bool:
+        # Kept (and refreshed) from now on, so one added during an outage is
+        # counted once Redis is back; dropped below if refused.
+        self._user_connections.add((user, client_id))
+        self._counted_any = True
+        with _guard("add user connection"):
+            added = await self._user_add(
+                keys=self._user_keys(user),
+                args=[
+                    f"{self.node_id} {client_id}",
+                    limit,
+                    _ms(self.presence_ttl),
+                    self.node_id,
+                    _ms(self.node_ttl),
+                ],
+            )
+        if not added:
+            self._user_connections.discard((user, client_id))
+        return bool(added)
+
+    async def remove_user_connection(self, user: str, client_id: str) -> None:
+        self._user_connections.discard((user, client_id))
+        with _guard("remove user connection"):
+            await self.client.zrem(self._user_keys(user)[0], f"{self.node_id} {client_id}")
+
+    async def _keep_alive(self) -> None:
+        """Keep this node in the live-node set (its user connections count while it is)."""
+        key = self._user_keys("")[1]
+        while not self._closing:
+            if not self._user_connections:
+                await asyncio.sleep(NODE_REFRESH)
+                continue
+            try:
+                await self._node_alive(keys=[key], args=[self.node_id, _ms(self.node_ttl)])
+            except (*_UNAVAILABLE, RedisError) as e:
+                log.debug("refreshing the live-node entry failed: %s", e)
+            await asyncio.sleep(NODE_REFRESH)
+
     async def _refresh_presence(self) -> None:
-        """Refresh this node's presence entries well before they expire."""
+        """Refresh this node's presence and user connection entries well before they expire."""
         ttl_ms = _ms(self.presence_ttl)
         while not self._closing:
             await asyncio.sleep(self.presence_ttl / 3)
             entries = list(self._presence.items())
+            connections = list(self._user_connections)
             try:
+                for conn_chunk in _chunks(connections):
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for user, client_id in conn_chunk:
+                            await self._user_add(
+                                keys=self._user_keys(user),
+                                args=[
+                                    f"{self.node_id} {client_id}",
+                                    0,
+                                    ttl_ms,
+                                    self.node_id,
+                                    _ms(self.node_ttl),
+                                ],
+                                client=pipe,
+                            )
+                        await pipe.execute()
+                    # Removed while being refreshed: remove again.
+                    for user, client_id in conn_chunk:
+                        if (user, client_id) not in self._user_connections:
+                            await self.remove_user_connection(user, client_id)
                 for chunk in _chunks(entries):
                     async with self.client.pipeline(transaction=False) as pipe:
                         for (channel, client_id), encoded in chunk:

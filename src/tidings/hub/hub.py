@@ -39,6 +39,7 @@ from ..protocol.messages import (
     UnsubscribePush,
 )
 from .channels import Channel, parse_channel
+from .cluster import Cluster, DisconnectUser, SendMessage, SubscribeUser, UnsubscribeUser
 from .events import Handlers
 from .metrics import Metrics
 from .session import Frame, Session, Subscription, Transport
@@ -94,16 +95,25 @@ class Hub:
         # Without it (no store), every room:<id> channel is refused.
         self.room_membership: MembershipCheck | None = None
         self.metrics = Metrics()
+        # Every node's side: control messages, heartbeats, the live nodes.
+        self.cluster = Cluster(self)
+        # Per user: the lock that keeps counting and uncounting its connections
+        # in the broker in order, and how many operations hold or wait for it.
+        self._user_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # --- lifecycle --------------------------------------------------------
 
     async def start(self) -> None:
         await self.broker.start(self)
+        await self.cluster.start()
         self.running = True
 
     async def stop(self) -> None:
         """Close every connection with 3001 (shutdown: reconnect), then the broker."""
         await self.close_sessions()
+        if self._tasks:  # uncounting the closed connections, among others
+            await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_timeout)
+        await self.cluster.stop()
         await self.broker.close()
 
     async def close_sessions(self) -> None:
@@ -139,6 +149,8 @@ class Hub:
         """Register a session that has just connected."""
         self.sessions[session.client_id] = session
         self.users.setdefault(session.user, set()).add(session)
+        if session.user and self.settings.max_connections_per_user > 0:
+            self._spawn(self._count_connection(session))
 
     def detach(self, session: Session) -> None:
         """Forget a closing session at once, so nothing more is fanned out to it."""
@@ -149,10 +161,66 @@ class Hub:
                 user_sessions.discard(session)
                 if not user_sessions:
                     del self.users[session.user]
+            if session.user and self.settings.max_connections_per_user > 0:
+                self._spawn(self._uncount_connection(session.user, session.client_id))
         for name in session.subscriptions:
             subscribers = self.channels.get(name)
             if subscribers is not None:
                 subscribers.discard(session)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(_run(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- connections per user, across nodes -------------------------------
+    #
+    # The session checks max_connections_per_user against this node's
+    # connections before it attaches. The broker counts them on every node
+    # (Redis: a Lua script, atomic across nodes): a connection over the limit
+    # there is closed with 3504 right after its connect reply.
+
+    async def _user_op(self, user: str, work: Awaitable[None]) -> None:
+        """Run ``work`` after the earlier broker operations on ``user``'s count."""
+        entry = self._user_locks.get(user)
+        if entry is None:
+            entry = self._user_locks[user] = (asyncio.Lock(), [0])
+        lock, holders = entry
+        holders[0] += 1
+        try:
+            async with lock:
+                await work
+        finally:
+            holders[0] -= 1
+            if not holders[0]:
+                del self._user_locks[user]
+
+    async def _count_connection(self, session: Session) -> None:
+        await self._user_op(session.user, self._count(session))
+
+    async def _count(self, session: Session) -> None:
+        cap = self.settings.max_connections_per_user
+        try:
+            added = await self.broker.add_user_connection(session.user, session.client_id, cap)
+        except BrokerUnavailable as e:
+            # Let it in: the broker counts it once it is back.
+            log.debug("cannot count a connection of %r: %s", session.user, e)
+            return
+        if self.sessions.get(session.client_id) is not session:
+            await self._uncount(session.user, session.client_id)
+        elif not added:
+            self.metrics.limits["connections_per_user"] += 1
+            session.disconnect(Disconnect.of(DisconnectCode.CONNECTION_LIMIT))
+
+    async def _uncount_connection(self, user: str, client_id: str) -> None:
+        await self._user_op(user, self._uncount(user, client_id))
+
+    async def _uncount(self, user: str, client_id: str) -> None:
+        try:
+            await self.broker.remove_user_connection(user, client_id)
+        except BrokerUnavailable as e:
+            # The broker forgets it by itself (Redis: when the entry expires).
+            log.debug("cannot uncount a connection of %r: %s", user, e)
 
     # --- channel membership -----------------------------------------------
 
@@ -222,7 +290,7 @@ class Hub:
         started = time.perf_counter()
         offset = publication.offset
         # Encode once per wire format in use, not once per subscriber.
-        text: str | None = None
+        text: bytes | None = None
         binary: bytes | None = None
         text_size = binary_size = 0
         # A copy: a delivery may disconnect a slow subscriber, which edits the set.
@@ -235,8 +303,8 @@ class Hub:
                 session.deliver(channel, binary, binary_size, offset)
             else:
                 if text is None:
-                    encoded = JSON.encode_push(channel, publication)
-                    text, text_size = encoded.decode(), len(encoded)
+                    text = JSON.encode_push(channel, publication)
+                    text_size = len(text)
                 session.deliver(channel, text, text_size, offset)
         metrics = self.metrics
         metrics.publications_out += len(targets)
@@ -253,7 +321,7 @@ class Hub:
             fmt = session.format
             if fmt not in frames:
                 encoded = fmt.encode_push(channel, body)
-                frames[fmt] = (encoded if fmt.binary else encoded.decode(), len(encoded))
+                frames[fmt] = (encoded, len(encoded))
             frame, size = frames[fmt]
             session.deliver(channel, frame, size)
 
@@ -262,6 +330,9 @@ class Hub:
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
         self._fan_out_join_leave(channel, LeavePush(info))
+
+    def on_control(self, message: bytes) -> None:
+        self.cluster.on_control(message)
 
     # --- gaps: publications the broker lost -------------------------------
     #
@@ -386,7 +457,27 @@ class Hub:
     def user_sessions(self, user: str) -> list[Session]:
         return list(self.users.get(user, ()))
 
+    # Operations on a user's connections act on every node: on this one at
+    # once, on the others through a control message (see cluster.py). A
+    # message naming a client found here is not sent on. The async ones raise
+    # BrokerUnavailable (after acting here) when the other nodes cannot be
+    # told; the sync ones tell them in the background and log a failure.
+
     def disconnect_user(self, user: str, reason: Disconnect, client_id: str = "") -> int:
+        """Close ``user``'s connections (or one) on every node; returns how many were here."""
+        count = self.disconnect_here(user, reason, client_id)
+        if not (client_id and count):
+            self.cluster.send_soon(DisconnectUser(user, client_id, reason.code, reason.reason))
+        return count
+
+    async def adisconnect_user(self, user: str, reason: Disconnect, client_id: str = "") -> int:
+        """As ``disconnect_user``, once every node has been told."""
+        count = self.disconnect_here(user, reason, client_id)
+        if not (client_id and count):
+            await self.cluster.send(DisconnectUser(user, client_id, reason.code, reason.reason))
+        return count
+
+    def disconnect_here(self, user: str, reason: Disconnect, client_id: str = "") -> int:
         sessions = self._targets(user, client_id)
         for session in sessions:
             session.disconnect(reason)
@@ -396,18 +487,43 @@ class Hub:
         return [s for s in self.user_sessions(user) if not client_id or s.client_id == client_id]
 
     async def unsubscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
-        """Unsubscribe a user's connections from a channel, telling each client."""
-        for session in self._targets(user, client_id):
+        """Unsubscribe a user's connections from a channel on every node, telling each client."""
+        count = await self.unsubscribe_here(user, channel, client_id)
+        if not (client_id and count):
+            await self.cluster.send(UnsubscribeUser(user, channel, client_id))
+
+    async def unsubscribe_here(self, user: str, channel: str, client_id: str = "") -> int:
+        sessions = self._targets(user, client_id)
+        for session in sessions:
             await session.server_unsubscribe(channel)
+        return len(sessions)
 
     async def subscribe_user(self, user: str, channel: str, client_id: str = "") -> None:
-        """Subscribe a user's connections to a channel on the server side."""
+        """Subscribe a user's connections to a channel on the server side, on every node."""
+        self.channel(channel)  # an invalid channel fails here, before any node acts
+        count = await self.subscribe_here(user, channel, client_id)
+        if not (client_id and count):
+            await self.cluster.send(SubscribeUser(user, channel, client_id))
+
+    async def subscribe_here(self, user: str, channel: str, client_id: str = "") -> int:
         parsed = self.channel(channel)
-        for session in self._targets(user, client_id):
+        sessions = self._targets(user, client_id)
+        for session in sessions:
             await session.server_subscribe(parsed)
+        return len(sessions)
 
     def send_message(self, user: str, data: bytes) -> int:
-        """Push an asynchronous message to every connection of ``user``."""
+        """Push a ``message`` to ``user``'s connections on every node; returns how many here."""
+        self.cluster.send_soon(SendMessage(user, data))
+        return self.send_here(user, data)
+
+    async def asend_message(self, user: str, data: bytes) -> int:
+        """As ``send_message``, once every node has been told."""
+        count = self.send_here(user, data)
+        await self.cluster.send(SendMessage(user, data))
+        return count
+
+    def send_here(self, user: str, data: bytes) -> int:
         sessions = self.user_sessions(user)
         for session in sessions:
             session.send_push("", MessagePush(data))
@@ -426,3 +542,11 @@ class Hub:
             "num_channels": len(self.channels),
             "num_subs": sum(len(s) for s in self.channels.values()),
         }
+
+
+async def _run(work: Awaitable[None]) -> None:
+    """Await ``work`` in a background task; log what it raised."""
+    try:
+        await work
+    except Exception:
+        log.exception("a background task of the hub failed")
