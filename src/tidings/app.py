@@ -28,7 +28,7 @@ from .api.metrics import build_registry
 from .api.server_api import handle_api_request
 from .auth.accounts import Accounts
 from .auth.tokens import ApiKeyring
-from .brokers import Broker, create_broker
+from .brokers import Broker, BrokerUnavailable, create_broker
 from .config import Settings
 from .hub import Hub, personal_channel
 from .hub.events import (
@@ -234,8 +234,20 @@ def create_app(settings: Settings | None = None, tidings: Tidings | None = None)
     if hub.settings.web_app:
         install_web_app(app, hub)  # / (chat), /admin, /assets, /admin/api
     add_cors(app, hub.settings)
+    app.add_exception_handler(BrokerUnavailable, broker_unavailable)
     app.state.tidings = hub
     return app
+
+
+async def broker_unavailable(request: Request, exc: Exception) -> Response:
+    """An HTTP route that needed the broker while it was down: a visible, retryable 503.
+
+    Apps that mount Tidings can install it too:
+    ``app.add_exception_handler(BrokerUnavailable, broker_unavailable)``.
+    """
+    return JSONResponse(
+        {"detail": "the broker is unavailable; try again", "temporary": True}, status_code=503
+    )
 
 
 def add_cors(app: FastAPI, settings: Settings) -> None:

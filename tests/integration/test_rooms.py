@@ -275,3 +275,23 @@ async def test_leaving_a_room_unsubscribes_live_connections(
     finally:
         for client in (alice_client, bob_laptop, bob_phone):
             await client.disconnect()
+
+
+async def test_leaving_a_room_while_redis_is_down_fails_visibly(
+    tmp_path: Path, redis_factory: Callable[..., Any]
+) -> None:
+    redis = redis_factory()
+    settings = test_settings(tmp_path, broker_url=redis.unique_url())
+    async with running_server(settings) as server:
+        await add_user(server, "alice")
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+            token = (await login(http, "alice", PASSWORD))["access_token"]
+            http.headers["Authorization"] = f"Bearer {token}"
+            room = (await http.post("/rooms", json={"name": "Ops"})).json()
+            redis.stop()
+            await wait_for(lambda: not server.tidings.hub.broker.ready, timeout=10)
+            # Other nodes cannot be told to unsubscribe her: a 503 to retry,
+            # never a 500 and never a silent success.
+            left = await http.post(f"/rooms/{room['id']}/leave")
+            assert left.status_code == 503
+            assert left.json()["temporary"] is True
