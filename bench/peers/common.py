@@ -229,3 +229,19 @@ def raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve_under_control(server: Any, control: Control) -> None:
+    """Run a uvicorn server, report "ready", obey the orchestrator, then stop it."""
+    serving = asyncio.create_task(server.serve())
+    for _ in range(3000):  # up to 30 s to start
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.01)
+    if serving.done():
+        serving.result()
+    control.emit({"event": "ready", "pid": os.getpid()})
+    await control.run()
+    server.should_exit = True
+    server.force_exit = True
+    await asyncio.wait_for(serving, 15)

@@ -8,15 +8,13 @@ channel) so it can serve more than one channel: ``broadcast`` awaits
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import Any
 
 import uvicorn
 import uvloop
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from .common import Control, hello_reply, push_line, raise_nofile_limit
+from .common import Control, hello_reply, push_line, raise_nofile_limit, serve_under_control
 
 
 class ConnectionManager:
@@ -76,18 +74,7 @@ async def serve(host: str, port: int) -> None:
         return {"connections": sum(len(c) for c in manager.active_connections.values())}
 
     control = Control(publish, stats)
-    serving = asyncio.create_task(server.serve())
-    for _ in range(3000):
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    if serving.done():
-        serving.result()
-    control.emit({"event": "ready", "pid": os.getpid()})
-    await control.run()
-    server.should_exit = True
-    server.force_exit = True
-    await asyncio.wait_for(serving, 15)
+    await serve_under_control(server, control)
 
 
 def run(host: str, port: int) -> None:

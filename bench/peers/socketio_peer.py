@@ -7,8 +7,6 @@ argument is the same publication object the other peers send.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import Any
 
 import orjson
@@ -16,7 +14,7 @@ import socketio
 import uvicorn
 import uvloop
 
-from .common import Control, raise_nofile_limit
+from .common import Control, raise_nofile_limit, serve_under_control
 
 sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
 app = socketio.ASGIApp(sio)
@@ -48,18 +46,7 @@ async def serve(host: str, port: int) -> None:
         return sio.emit("pub", push, room=channel)
 
     control = Control(publish, lambda: {"connections": len(connections)})
-    serving = asyncio.create_task(server.serve())
-    for _ in range(3000):
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.01)
-    if serving.done():
-        serving.result()
-    control.emit({"event": "ready", "pid": os.getpid()})
-    await control.run()
-    server.should_exit = True
-    server.force_exit = True
-    await asyncio.wait_for(serving, 15)
+    await serve_under_control(server, control)
 
 
 def run(host: str, port: int) -> None:

@@ -11,7 +11,6 @@ apart, in the connection storm on ``chat:*``).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from typing import Any
@@ -22,7 +21,7 @@ from tidings import Settings, Tidings
 from tidings.config import NamespaceOptions
 from tidings.server import build_server
 
-from .common import Control, raise_nofile_limit
+from .common import Control, raise_nofile_limit, serve_under_control
 
 # The benchmark's secret: the generators mint connection tokens with it.
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
@@ -71,18 +70,7 @@ async def serve(host: str, port: int) -> None:
             }
 
         control = Control(publish, stats, slow_disconnects)
-        serving = asyncio.create_task(server.serve())
-        for _ in range(3000):
-            if server.started or serving.done():
-                break
-            await asyncio.sleep(0.01)
-        if serving.done():
-            serving.result()
-        control.emit({"event": "ready", "pid": os.getpid()})
-        await control.run()
-        server.should_exit = True
-        server.force_exit = True
-        await asyncio.wait_for(serving, 15)
+        await serve_under_control(server, control)
 
 
 def run(host: str, port: int) -> None:
