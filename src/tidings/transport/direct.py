@@ -70,7 +70,7 @@ def frame_header(opcode: int, length: int, rsv1: bool = False) -> bytes:
     return struct.pack("!BBQ", first, 127, length)
 
 
-def _deflate(payload: bytes) -> bytes:
+def deflate_message(payload: bytes) -> bytes:
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
     return data[:-4] if data.endswith(_DEFLATE_TAIL) else data
@@ -99,7 +99,7 @@ class _FrameCache:
         if not deflate or len(payload) < min_size:
             return self.plain
         if self.compressed is None:
-            body = _deflate(payload)
+            body = deflate_message(payload)
             self.compressed = frame_header(opcode, len(body), rsv1=True) + body
         return self.compressed
 
@@ -594,7 +594,7 @@ class DirectWebSocket(asyncio.Protocol):
         body = frame
         rsv1 = False
         if self._deflate and len(frame) >= self._min_compress:
-            body, rsv1 = _deflate(frame), True
+            body, rsv1 = deflate_message(frame), True
         self._write(frame_header(self._opcode, len(body), rsv1) + body)
 
     async def close(self, code: int, reason: str) -> None:
