@@ -11,18 +11,17 @@ import asyncio
 import logging.config
 import signal
 import socket
-from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import orjson
 import typer
-from pydantic import ValidationError
 from websockets.exceptions import WebSocketException
 
 from .auth import make_connection_token
 from .cli_accounts import db_app, user_app
+from .cli_shared import ConfigOption, fail, load_settings
 from .client import ClientError, open_client
 from .config import KEY_FILES, Settings
 from .logs import log_config
@@ -35,30 +34,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="TOML config file (TIDINGS_* env vars override it).",
-        exists=True,
-        dir_okay=False,
-        readable=True,
-    ),
-]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _load_settings(config: Path | None) -> Settings:
-    try:
-        return Settings.load(config_file=config)
-    except (ValidationError, ValueError, OSError) as e:
-        _fail(f"invalid settings: {e}", code=2)
 
 
 def _stored_key(settings: Settings, field: str) -> str | None:
@@ -103,14 +78,14 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Run a Tidings node. SIGTERM or Ctrl+C shut it down gracefully."""
-    settings = _load_settings(config)
+    settings = load_settings(config)
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     missing = [field for field in KEY_FILES if not getattr(settings, field)]
     fresh = {f for f in missing if not (settings.data_dir / KEY_FILES[f]).exists()}
     try:
         settings = settings.with_generated_keys()
     except OSError as e:
-        _fail(f"cannot store generated keys in {settings.data_dir}: {e}")
+        fail(f"cannot store generated keys in {settings.data_dir}: {e}")
     for field in missing:
         path = (settings.data_dir / KEY_FILES[field]).resolve()
         env = f"TIDINGS_{field.upper()}"
@@ -153,9 +128,9 @@ def token(
     """Print a connection token (JWT) signed with the server's secret."""
     info_value = _parse_json(info, "--info") if info is not None else None
     channel_list = [c.strip() for c in (channels or "").split(",") if c.strip()]
-    secret = _stored_key(_load_settings(config), "secret")
+    secret = _stored_key(load_settings(config), "secret")
     if secret is None:
-        _fail("no secret: set TIDINGS_SECRET, or run `tidings serve` once to generate one")
+        fail("no secret: set TIDINGS_SECRET, or run `tidings serve` once to generate one")
     typer.echo(
         make_connection_token(
             secret, user, ttl=ttl or None, info=info_value, channels=channel_list or None
@@ -189,9 +164,9 @@ def publish(
 ) -> None:
     """Publish JSON data to a channel through the server API; prints offset and epoch."""
     value = _parse_json(data, "JSON")
-    key = api_key or _stored_key(_load_settings(config), "api_key")
+    key = api_key or _stored_key(load_settings(config), "api_key")
     if key is None:
-        _fail("no API key: pass --api-key or set TIDINGS_API_KEY")
+        fail("no API key: pass --api-key or set TIDINGS_API_KEY")
     body = orjson.dumps({"channel": channel, "data": value})
     try:
         response = httpx.post(
@@ -201,15 +176,15 @@ def publish(
             timeout=30,
         )
     except (httpx.HTTPError, httpx.InvalidURL) as e:
-        _fail(f"cannot reach {url}: {e}")
+        fail(f"cannot reach {url}: {e}")
     if response.is_error:
-        _fail(_error_message(response))
+        fail(_error_message(response))
     try:
         reply = response.json()
     except ValueError:
-        _fail(f"not a JSON reply from {url}: HTTP {response.status_code}")
+        fail(f"not a JSON reply from {url}: HTTP {response.status_code}")
     if not isinstance(reply, dict) or "error" in reply or "result" not in reply:
-        _fail(_error_message(response))
+        fail(_error_message(response))
     typer.echo(orjson.dumps(reply["result"]).decode())
 
 
@@ -238,17 +213,17 @@ def listen(
 ) -> None:
     """Subscribe to a channel and print each publication's data as a JSON line."""
     if token is None:
-        secret = _stored_key(_load_settings(config), "secret")
+        secret = _stored_key(load_settings(config), "secret")
         if secret is None:
-            _fail("no secret to mint a token with: pass --token or set TIDINGS_SECRET")
+            fail("no secret to mint a token with: pass --token or set TIDINGS_SECRET")
         # Used by this process only, which does not refresh tokens: no expiry.
         token = make_connection_token(secret, user, ttl=None)
     try:
         asyncio.run(_listen(url, token, channel))
     except ClientError as e:
-        _fail(f"{e.message} (code {e.code})")
+        fail(f"{e.message} (code {e.code})")
     except (OSError, TimeoutError, WebSocketException) as e:
-        _fail(f"cannot connect to {url}: {e}")
+        fail(f"cannot connect to {url}: {e}")
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -12,10 +12,9 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from .auth.passwords import (
@@ -25,7 +24,7 @@ from .auth.passwords import (
     check_password,
     check_user_name,
 )
-from .config import Settings
+from .cli_shared import ConfigOption, fail, load_settings
 from .store import SchemaOutdated, Store, UserExists, current_revision, head_revision, upgrade
 from .store.database import create_engine
 
@@ -34,38 +33,15 @@ T = TypeVar("T")
 user_app = typer.Typer(help="Manage users (accounts in the database).", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="TOML config file (TIDINGS_* env vars override it).",
-        exists=True,
-        dir_okay=False,
-        readable=True,
-    ),
-]
 PasswordStdin = Annotated[
     bool,
     typer.Option("--password-stdin", help="Read the password from one line of standard input."),
 ]
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return Settings.load(config_file=config)
-    except (ValidationError, ValueError, OSError) as e:
-        _fail(f"invalid settings: {e}", code=2)
-
-
 def _with_store(config: Path | None, work: Callable[[Store], Awaitable[T]]) -> T:
     """Open the store as ``serve`` would (SQLite: migrated on first use), run ``work``."""
-    settings = _settings(config)
+    settings = load_settings(config)
 
     async def run() -> T:
         store = Store(settings.effective_database_url)
@@ -78,27 +54,27 @@ def _with_store(config: Path | None, work: Callable[[Store], Awaitable[T]]) -> T
     try:
         return asyncio.run(run())
     except SchemaOutdated as e:
-        _fail(str(e))
+        fail(str(e))
     except (SQLAlchemyError, OSError) as e:
-        _fail(f"database error: {e}")
+        fail(f"database error: {e}")
 
 
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
-            _fail("no password on standard input")
+            fail("no password on standard input")
         password = line.rstrip("\r\n")
     elif sys.stdin.isatty():
         password = typer.prompt(
             "Password", hide_input=True, confirmation_prompt="Repeat the password"
         )
     else:
-        _fail("standard input is not a terminal: pass --password-stdin")
+        fail("standard input is not a terminal: pass --password-stdin")
     try:
         return check_password(password)
     except WeakPassword as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 # --- user -----------------------------------------------------------------
@@ -115,7 +91,7 @@ def user_create(
     try:
         check_user_name(name)
     except InvalidUserName as e:
-        _fail(str(e), code=2)
+        fail(str(e), code=2)
     password = _read_password(password_stdin)
     password_hash = Passwords().hash(password)
 
@@ -125,7 +101,7 @@ def user_create(
     try:
         _with_store(config, work)
     except UserExists:
-        _fail(f"user {name!r} exists already")
+        fail(f"user {name!r} exists already")
     typer.echo(f"Created {'admin' if admin else 'user'} {name}")
 
 
@@ -146,7 +122,7 @@ def user_delete(
 ) -> None:
     """Delete a user, their refresh tokens and room memberships."""
     if not _with_store(config, lambda store: store.delete_user(name)):
-        _fail(f"no user {name!r}")
+        fail(f"no user {name!r}")
     typer.echo(f"Deleted user {name}")
 
 
@@ -159,7 +135,7 @@ def user_set_password(
     """Change a password (prompt or --password-stdin); the user's refresh tokens are revoked."""
     password_hash = Passwords().hash(_read_password(password_stdin))
     if not _with_store(config, lambda store: store.set_password_hash(name, password_hash)):
-        _fail(f"no user {name!r}")
+        fail(f"no user {name!r}")
     typer.echo(f"Changed the password of {name}")
 
 
@@ -167,7 +143,7 @@ def user_set_password(
 
 
 def _with_engine(config: Path | None, work: Callable[..., Awaitable[T]]) -> T:
-    settings = _settings(config)
+    settings = load_settings(config)
 
     async def run() -> T:
         engine = create_engine(settings.effective_database_url)
@@ -179,7 +155,7 @@ def _with_engine(config: Path | None, work: Callable[..., Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except (SQLAlchemyError, OSError) as e:
-        _fail(f"database error: {e}")
+        fail(f"database error: {e}")
 
 
 @db_app.command("upgrade")
