@@ -295,19 +295,23 @@ class Hub:
         text_size = binary_size = 0
         # A copy: a delivery may disconnect a slow subscriber, which edits the set.
         targets = tuple(subscribers)
+        # Counted here, once, for every delivery written at once.
+        text_sent = binary_sent = 0
         for session in targets:
             if session.binary:
                 if binary is None:
                     binary = PROTOBUF.encode_push(channel, publication)
                     binary_size = len(binary)
-                session.deliver(channel, binary, binary_size, offset)
+                binary_sent += session.deliver(channel, binary, binary_size, offset)
             else:
                 if text is None:
                     text = JSON.encode_push(channel, publication)
                     text_size = len(text)
-                session.deliver(channel, text, text_size, offset)
+                text_sent += session.deliver(channel, text, text_size, offset)
         metrics = self.metrics
         metrics.publications_out += len(targets)
+        metrics.messages_out += text_sent + binary_sent
+        metrics.bytes_out += text_sent * text_size + binary_sent * binary_size
         metrics.observe_fanout(time.perf_counter() - started)
 
     def _fan_out_join_leave(self, channel: str, body: JoinPush | LeavePush) -> None:
@@ -323,7 +327,9 @@ class Hub:
                 encoded = fmt.encode_push(channel, body)
                 frames[fmt] = (encoded, len(encoded))
             frame, size = frames[fmt]
-            session.deliver(channel, frame, size)
+            if session.deliver(channel, frame, size):
+                self.metrics.messages_out += 1
+                self.metrics.bytes_out += size
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
         self._fan_out_join_leave(channel, JoinPush(info))

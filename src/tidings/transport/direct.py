@@ -84,40 +84,43 @@ class _FrameCache:
     built once, not once per subscriber.
     """
 
-    __slots__ = ("compressed", "payload", "plain")
+    __slots__ = ("compressed", "opcode", "payload", "plain")
 
-    def __init__(self) -> None:
+    def __init__(self, opcode: int) -> None:
+        self.opcode = opcode
         self.payload: bytes | None = None
         self.plain: bytes = b""
         self.compressed: bytes | None = None
 
-    def frames(self, payload: bytes, opcode: int, deflate: bool, min_size: int) -> bytes:
-        if payload is not self.payload:
-            self.payload = payload
-            self.plain = frame_header(opcode, len(payload)) + payload
-            self.compressed = None
-        if not deflate or len(payload) < min_size:
-            return self.plain
+    def load(self, payload: bytes) -> None:
+        self.payload = payload
+        self.plain = frame_header(self.opcode, len(payload)) + payload
+        self.compressed = None
+
+    def compressed_frame(self) -> bytes:
+        """The loaded payload as one compressed frame, compressed on first use."""
         if self.compressed is None:
-            body = deflate_message(payload)
-            self.compressed = frame_header(opcode, len(body), rsv1=True) + body
+            assert self.payload is not None
+            body = deflate_message(self.payload)
+            self.compressed = frame_header(self.opcode, len(body), rsv1=True) + body
         return self.compressed
 
 
 # One cache per opcode: JSON (text) and Protobuf (binary) frames differ.
-_CACHES = {OP_TEXT: _FrameCache(), OP_BINARY: _FrameCache()}
+_CACHES = {OP_TEXT: _FrameCache(OP_TEXT), OP_BINARY: _FrameCache(OP_BINARY)}
 
-# While publications come fast, a flush waits at least this long after the
-# previous one ended, and at least as long as that one took (up to
-# MAX_FLUSH_DELAY): flushing then takes at most about half the time, and each
-# system call carries every message of the wait. When they come slowly, a
-# connection flushes as soon as the loop is free.
+# A connection's frames are written at once while the server is quiet, as a
+# bare server would, and gathered into one system call per connection once
+# publications come fast: after a burst of writes (or a flush), the next ones
+# wait at least FLUSH_INTERVAL, and at least as long as that burst took (up to
+# MAX_FLUSH_DELAY), so that flushing takes at most about half the time and each
+# system call carries every message of the wait.
 FLUSH_INTERVAL = 0.001
 MAX_FLUSH_DELAY = 0.005
 
 
 class Flusher:
-    """Writes each connection's waiting frames in one system call per flush.
+    """Decides, for all connections of a server, whether a frame goes out now or waits.
 
     One system call per message per subscriber is the ceiling of a server
     that writes as it goes; joining what a connection got while the previous
@@ -125,27 +128,51 @@ class Flusher:
     milliseconds of latency under load and none when idle.
     """
 
-    __slots__ = ("_cost", "_dirty", "_ended", "_handle")
+    __slots__ = ("_cost", "_dirty", "_ended", "_handle", "_started", "bursting")
 
     def __init__(self) -> None:
         self._dirty: list[DirectWebSocket] = []
+        # Pending: the end of a burst (while bursting) or a flush.
         self._handle: asyncio.Handle | None = None
+        # Read by every write: frames go straight out until the loop turns.
+        self.bursting = False
+        self._started = 0.0
         self._ended = 0.0
         self._cost = 0.0
 
+    def write_at_once(self) -> bool:
+        """Whether a frame may skip the gathering: the server is in a burst, or quiet."""
+        if self._handle is not None:
+            return self.bursting
+        # perf_counter: uvloop's loop.time() stands still within one callback.
+        now = time.perf_counter()
+        if now - self._ended < max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY)):
+            return False
+        # Quiet: everything written until the loop turns goes straight out.
+        self.bursting = True
+        self._started = now
+        self._handle = asyncio.get_running_loop().call_soon(self._end_burst)
+        return True
+
+    def _end_burst(self) -> None:
+        self._handle = None
+        self.bursting = False
+        self._ended = time.perf_counter()
+        self._cost = self._ended - self._started
+
     def add(self, connection: DirectWebSocket) -> None:
+        """Flush ``connection`` with the others, once the pause since the last write is over."""
         self._dirty.append(connection)
         if self._handle is None:
+            wait = max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
+            wait -= time.perf_counter() - self._ended
             loop = asyncio.get_running_loop()
-            pause = max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
-            wait = pause - (time.perf_counter() - self._ended)
             self._handle = (
                 loop.call_soon(self.flush) if wait <= 0 else loop.call_later(wait, self.flush)
             )
 
     def flush(self) -> None:
         self._handle = None
-        # perf_counter: uvloop's loop.time() stands still within one callback.
         started = time.perf_counter()
         dirty, self._dirty = self._dirty, []
         for connection in dirty:
@@ -204,18 +231,25 @@ def negotiate_deflate(offer: str) -> tuple[str, bool, int] | None:
 class DirectWebSocket(asyncio.Protocol):
     """One client of ``/connection/websocket``, spoken to without ASGI."""
 
-    __slots__ = (
+    # The fields that write_now reads come first, in one or two cache lines:
+    # the fan-out touches thousands of connections in a row.
+    __slots__ = (  # noqa: RUF023
+        "_writable",
+        "_close_sent",
+        "_cache",
+        "_deflate",
+        "_min_compress",
+        "_out",
+        "_flusher",
+        "transport",
         "_binary",
         "_buffer",
-        "_close_sent",
         "_close_timer",
         "_connections",
-        "_deflate",
         "_delegate",
         "_drain",
         "_failed",
         "_fallback",
-        "_flusher",
         "_fragment_compressed",
         "_fragment_opcode",
         "_fragments",
@@ -225,15 +259,11 @@ class DirectWebSocket(asyncio.Protocol):
         "_inflater",
         "_kwargs",
         "_limit",
-        "_min_compress",
         "_opcode",
-        "_out",
         "_reader",
-        "_writable",
         "hub",
         "scope",
         "session",
-        "transport",
     )
 
     def __init__(
@@ -267,6 +297,7 @@ class DirectWebSocket(asyncio.Protocol):
         self._drain: asyncio.Event | None = None
         self._binary = False
         self._opcode = OP_TEXT
+        self._cache = _CACHES[OP_TEXT]
         self._deflate = False
         self._inflater: Any = None
         self._inflate_resets = True
@@ -365,6 +396,7 @@ class DirectWebSocket(asyncio.Protocol):
         protobuf = PROTOBUF_SUBPROTOCOL in offered or query.get("format") == ["protobuf"]
         self._binary = protobuf
         self._opcode = OP_BINARY if protobuf else OP_TEXT
+        self._cache = _CACHES[self._opcode]
         self.transport.write(response)
         peer = self.transport.get_extra_info("peername")
         self.scope = {"type": "websocket", "path": PATH, "client": peer}
@@ -551,18 +583,20 @@ class DirectWebSocket(asyncio.Protocol):
 
     # --- writing: the session's Transport ---------------------------------
 
-    @property
-    def writable(self) -> bool:
-        return self._writable and not self._close_sent
-
     def _write(self, data: bytes) -> None:
-        """Everything written goes out in order, with the next flush."""
+        """Write now while the server is quiet, else with the next flush; always in order."""
         out = self._out
-        if out is None:
-            self._out = [data]
-            self._flusher.add(self)
-        else:
+        if out is not None:
             out.append(data)
+            return
+        transport = self.transport
+        flusher = self._flusher
+        if flusher.write_at_once():
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+        else:
+            self._out = [data]
+            flusher.add(self)
 
     def flush(self) -> None:
         out, self._out = self._out, None
@@ -570,12 +604,30 @@ class DirectWebSocket(asyncio.Protocol):
         if out and transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def write_now(self, payload: bytes) -> None:
-        """Write one message without a task: the fan-out's path while the socket keeps up."""
-        frames = _CACHES[self._opcode].frames(
-            payload, self._opcode, self._deflate, self._min_compress
-        )
-        self._write(frames)
+    def write_now(self, payload: bytes) -> bool:
+        """Write one message without a task, if the socket keeps up: the fan-out's path."""
+        if not self._writable or self._close_sent:
+            return False
+        # The hot path of every delivery: the frame cache and _write, inlined.
+        cache = self._cache
+        if payload is not cache.payload:
+            cache.load(payload)
+        if self._deflate and len(payload) >= self._min_compress:
+            data = cache.compressed_frame()
+        else:
+            data = cache.plain
+        out = self._out
+        flusher = self._flusher
+        if out is not None:
+            out.append(data)
+        elif flusher.bursting or flusher.write_at_once():
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+        else:
+            self._out = [data]
+            flusher.add(self)
+        return True
 
     def _wake_writer(self) -> None:
         if self._drain is not None:

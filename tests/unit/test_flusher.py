@@ -1,0 +1,90 @@
+"""When the direct path writes a frame at once, and when it gathers frames into one write."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+from tidings.brokers.memory import MemoryBroker
+from tidings.hub.hub import Hub
+from tidings.transport.direct import DirectWebSocket, Flusher, frame_header
+
+from ..conftest import test_settings, wait_for
+
+
+class RecordingTransport:
+    """Stands for uvloop's transport: records each write, i.e. each system call."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def connections(
+    tmp_path: Path, count: int
+) -> tuple[Flusher, list[RecordingTransport], list[DirectWebSocket]]:
+    hub = Hub(test_settings(tmp_path), MemoryBroker())
+    flusher = Flusher()
+    server_state = SimpleNamespace(connections=set())
+    transports, sockets = [], []
+    for _ in range(count):
+        ws = DirectWebSocket(hub, asyncio.Protocol, flusher, None, server_state)
+        transport = RecordingTransport()
+        ws.connection_made(transport)  # type: ignore[arg-type]
+        transports.append(transport)
+        sockets.append(ws)
+    return flusher, transports, sockets
+
+
+def framed(payload: bytes) -> bytes:
+    return frame_header(0x1, len(payload)) + payload
+
+
+async def next_turn() -> None:
+    await asyncio.sleep(0)
+
+
+async def test_a_quiet_server_writes_each_frame_before_the_loop_turns(tmp_path: Path) -> None:
+    _, transports, sockets = connections(tmp_path, 3)
+    for ws in sockets:
+        assert ws.write_now(b'{"n":1}')
+    # No flush has run: every subscriber already has its frame (lowest latency).
+    assert [t.writes for t in transports] == [[framed(b'{"n":1}')]] * 3
+
+
+async def test_frames_right_after_a_burst_are_gathered_into_one_write_each(
+    tmp_path: Path,
+) -> None:
+    flusher, transports, sockets = connections(tmp_path, 2)
+    for ws in sockets:
+        ws.write_now(b"first")
+    await next_turn()  # the burst ends
+    for n in range(5):
+        for ws in sockets:
+            ws.write_now(b"m%d" % n)
+    # Within the pause after the burst nothing more went out...
+    assert [len(t.writes) for t in transports] == [1, 1]
+
+    # ...and then one system call per connection carries all five, in order.
+    await wait_for(lambda: all(len(t.writes) == 2 for t in transports), timeout=2)
+    expected = b"".join(framed(b"m%d" % n) for n in range(5))
+    assert [t.writes[1] for t in transports] == [expected, expected]
+    # Quiet again once the pause has passed (a new burst): the next frame goes out at once.
+    await wait_for(flusher.write_at_once, timeout=2)
+    sockets[0].write_now(b"later")
+    assert transports[0].writes[-1] == framed(b"later")
+
+
+async def test_a_paused_socket_refuses_the_fast_path(tmp_path: Path) -> None:
+    _, transports, sockets = connections(tmp_path, 1)
+    sockets[0].pause_writing()
+    assert not sockets[0].write_now(b"x")  # the session queues it instead
+    assert transports[0].writes == []
+    sockets[0].resume_writing()
+    assert sockets[0].write_now(b"x")
