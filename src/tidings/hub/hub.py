@@ -41,8 +41,9 @@ from ..protocol.messages import (
 from .channels import Channel, parse_channel
 from .cluster import Cluster, DisconnectUser, SendMessage, SubscribeUser, UnsubscribeUser
 from .events import Handlers
+from .join_leave import JoinLeaveBatcher, JoinOrLeave
 from .metrics import Metrics
-from .session import Frame, Session, Subscription, Transport
+from .session import MAX_COALESCED_FRAME, Frame, Session, Subscription, Transport
 
 log = logging.getLogger("tidings.hub")
 
@@ -97,6 +98,7 @@ class Hub:
         self.metrics = Metrics()
         # Every node's side: control messages, heartbeats, the live nodes.
         self.cluster = Cluster(self)
+        self.join_leave = JoinLeaveBatcher(self._fan_out_join_leave)
         # Per user: the lock that keeps counting and uncounting its connections
         # in the broker in order, and how many operations hold or wait for it.
         self._user_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
@@ -115,6 +117,7 @@ class Hub:
             await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_timeout)
         await self.cluster.stop()
         await self.broker.close()
+        self.join_leave.close()
 
     async def close_sessions(self) -> None:
         """Stop taking connections and close every open one with 3001 (reconnect elsewhere)."""
@@ -287,6 +290,7 @@ class Hub:
             self._insufficient_state(channel)
         if not subscribers:
             return
+        self.join_leave.send_waiting(channel)  # someone's join before their message
         started = time.perf_counter()
         offset = publication.offset
         # Encode once per wire format in use, not once per subscriber.
@@ -314,28 +318,32 @@ class Hub:
         metrics.bytes_out += text_sent * text_size + binary_sent * binary_size
         metrics.observe_fanout(time.perf_counter() - started)
 
-    def _fan_out_join_leave(self, channel: str, body: JoinPush | LeavePush) -> None:
+    def _fan_out_join_leave(self, channel: str, events: list[JoinOrLeave]) -> None:
         subscribers = self.channels.get(channel)
         if not subscribers:
             return
-        frames: dict[WireFormat, tuple[Frame, int]] = {}
+        # Per format: the events encoded once, in frames of several pushes.
+        frames: dict[WireFormat, list[Frame]] = {}
+        metrics = self.metrics
         for session in tuple(subscribers):
             if not session.wants_join_leave(channel):
                 continue
             fmt = session.format
-            if fmt not in frames:
-                encoded = fmt.encode_push(channel, body)
-                frames[fmt] = (encoded, len(encoded))
-            frame, size = frames[fmt]
-            if session.deliver(channel, frame, size):
-                self.metrics.messages_out += 1
-                self.metrics.bytes_out += size
+            encoded = frames.get(fmt)
+            if encoded is None:
+                encoded = frames[fmt] = _joined(fmt, [fmt.encode_push(channel, e) for e in events])
+            for frame in encoded:
+                if session.deliver(channel, frame, len(frame)):
+                    metrics.messages_out += 1
+                    metrics.bytes_out += len(frame)
 
     def on_join(self, channel: str, info: ClientInfo) -> None:
-        self._fan_out_join_leave(channel, JoinPush(info))
+        if channel in self.channels:
+            self.join_leave.add(channel, JoinPush(info))
 
     def on_leave(self, channel: str, info: ClientInfo) -> None:
-        self._fan_out_join_leave(channel, LeavePush(info))
+        if channel in self.channels:
+            self.join_leave.add(channel, LeavePush(info))
 
     def on_control(self, message: bytes) -> None:
         self.cluster.on_control(message)
@@ -556,3 +564,19 @@ async def _run(work: Awaitable[None]) -> None:
         await work
     except Exception:
         log.exception("a background task of the hub failed")
+
+
+def _joined(fmt: WireFormat, messages: list[bytes]) -> list[Frame]:
+    """Messages joined into as few frames as the coalescing limit allows."""
+    frames: list[Frame] = []
+    group: list[bytes] = []
+    size = 0
+    for message in messages:
+        if group and size + len(message) > MAX_COALESCED_FRAME:
+            frames.append(fmt.separator.join(group))
+            group, size = [], 0
+        group.append(message)
+        size += len(message) + len(fmt.separator)
+    if group:
+        frames.append(fmt.separator.join(group))
+    return frames
