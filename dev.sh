@@ -31,7 +31,7 @@ setup_python() {
     fi
     log "installing Python packages"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 }
 
 setup_node() {
@@ -76,8 +76,8 @@ case "${1:-}" in
         # The multi-node tests put nginx (Debian package) in front of the nodes.
         command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
         log "ruff"
-        .venv/bin/ruff check src tests examples
-        .venv/bin/ruff format --check src tests examples
+        .venv/bin/ruff check src tests examples bench
+        .venv/bin/ruff format --check src tests examples bench
         log "mypy --strict"
         .venv/bin/mypy
         log "pytest"

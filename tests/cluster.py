@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.conftest import API_KEY, SECRET, wait_for
 from tests.integration.test_cli import TIDINGS, cli_env, run_cli
+from tests.missing import component_missing
 from tests.redis_server import RedisServer, free_port
 from tidings.auth import make_connection_token
 
@@ -103,20 +103,15 @@ def render_nginx_config(prefix: Path, listen: str, upstreams: Sequence[str]) -> 
     return Template(NGINX_TEMPLATE).substitute(prefix=prefix, listen=listen, servers=servers)
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def nginx_binary() -> str:
     """The nginx path; skip the test (or fail it under CI) when it is missing."""
     path = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
     )
     if path is None:
-        _missing("nginx is not installed (Debian package nginx; ./dev.sh test installs it)")
-        raise AssertionError("unreachable")
+        component_missing(
+            "nginx is not installed (Debian package nginx; ./dev.sh test installs it)"
+        )
     return path
 
 

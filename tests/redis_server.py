@@ -10,7 +10,6 @@ Without the binary, tests that need it are skipped, or fail when CI=true.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.missing import component_missing
+
 BINARY = "redis-server"
 START_TIMEOUT = 10.0
 
@@ -29,10 +30,9 @@ def redis_binary() -> str:
     """The redis-server path; skip the test (or fail it under CI) when it is missing."""
     path = shutil.which(BINARY)
     if path is None:
-        message = f"{BINARY} is not installed (Debian package redis-server; ./dev.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        component_missing(
+            f"{BINARY} is not installed (Debian package redis-server; ./dev.sh installs it)"
+        )
     return path
 
 

@@ -13,7 +13,6 @@ what a restart looks like to a browser. Screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEY, test_settings, wait_for
+from tests.missing import component_missing
 from tidings import Settings, Tidings, web
 from tidings.server import TidingsServer, build_server
 
@@ -65,10 +65,7 @@ def _missing() -> list[str]:
 def require_browser() -> None:
     missing = _missing()
     if missing:
-        message = "browser tests need " + "; ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        component_missing("browser tests need " + "; ".join(missing))
 
 
 class LiveServer:
