@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,9 +19,14 @@ class RecordingTransport:
 
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.times: list[float] = []
+        self.cost = 0.0  # how long a write blocks, as a system call on a busy box would
 
     def write(self, data: bytes) -> None:
+        if self.cost:
+            time.sleep(self.cost)
         self.writes.append(bytes(data))
+        self.times.append(time.perf_counter())
 
     def is_closing(self) -> bool:
         return False
@@ -79,6 +85,22 @@ async def test_frames_right_after_a_burst_are_gathered_into_one_write_each(
     await wait_for(flusher.write_at_once, timeout=2)
     sockets[0].write_now(b"later")
     assert transports[0].writes[-1] == framed(b"later")
+
+
+async def test_the_pause_grows_with_how_long_the_burst_took(tmp_path: Path) -> None:
+    # Writing to thousands of clients takes tens of milliseconds; a pause of a
+    # few would let only one publication in, and each write would carry one
+    # message again. The pause lasts as long as the burst did.
+    _, transports, sockets = connections(tmp_path, 2)
+    transports[0].cost = 0.06
+    for ws in sockets:
+        ws.write_now(b"first")
+    await next_turn()  # the burst (>= 60 ms) ends
+    burst_ended = time.perf_counter()
+    transports[0].cost = 0.0
+    sockets[1].write_now(b"second")
+    await wait_for(lambda: len(transports[1].writes) == 2, timeout=2)
+    assert transports[1].times[1] - burst_ended >= 0.05
 
 
 async def test_a_paused_socket_refuses_the_fast_path(tmp_path: Path) -> None:
