@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tidings import Settings
+from tidings.brokers.memory import MemoryBroker
 from tidings.config import DEFAULT_NAMESPACE, DEFAULT_NAMESPACES, NamespaceOptions
+from tidings.hub import hub as hub_module
 from tidings.hub.channels import parse_channel, personal_channel
 from tidings.protocol import ErrorCode, ProtocolError
 
@@ -129,3 +131,18 @@ def test_personal_channel() -> None:
     name = personal_channel("alice")
     assert name == "notifications#alice"
     assert parse_channel(name, SETTINGS).allowed_users == frozenset({"alice"})
+
+
+def test_the_hub_keeps_resolved_channels_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "CHANNEL_CACHE_SIZE", 8)
+    hub = hub_module.Hub(Settings(secret="s" * 32), MemoryBroker())
+    assert hub.channel("chat:a") is hub.channel("chat:a")  # resolved once
+    for n in range(100):  # clients naming channels at random cannot grow it without end
+        hub.channel(f"chat:{n}")
+        assert len(hub._channels_by_name) <= 8
+    # A refused name is never kept: it is refused again, every time.
+    for _ in range(2):
+        with pytest.raises(ProtocolError) as error:
+            hub.channel("nope:x")
+        assert error.value.code == ErrorCode.UNKNOWN_CHANNEL
+    assert hub.channel("chat:b").options == hub.channel("chat:c").options

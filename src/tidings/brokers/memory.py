@@ -13,10 +13,13 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..protocol import ClientInfo, Publication, StreamPosition
 from .base import BrokerEvents, HistoryOptions
+
+# Where a publication without history stands (immutable, so shared).
+NO_POSITION = StreamPosition(0, "")
 
 # A stream with no kept publication is dropped after this long without a publish.
 STREAM_IDLE_TTL = 24 * 3600.0
@@ -82,20 +85,21 @@ class MemoryBroker:
         tags: Mapping[str, str] | None = None,
         history: HistoryOptions | None = None,
     ) -> StreamPosition:
-        publication = Publication(data=data, info=info, tags=tags)
-        position = StreamPosition(0, "")
         if history is not None and history.size > 0 and history.ttl > 0:
             now = time.monotonic()
             stream = self._stream(channel)
             stream.top += 1
             stream.last_publish = now
-            publication = replace(publication, offset=stream.top)
+            publication = Publication(data, stream.top, info, tags)
             stream.entries.append((publication, now + history.ttl))
             while len(stream.entries) > history.size:
                 stream.entries.popleft()
             stream.expire(now)
             position = StreamPosition(stream.top, stream.epoch)
             self._maybe_sweep(now)
+        else:
+            publication = Publication(data, 0, info, tags)
+            position = NO_POSITION
         if self._events is not None and channel in self._subscribed:
             self._events.on_publication(channel, publication, position.epoch)
         return position

@@ -47,6 +47,9 @@ from .session import MAX_COALESCED_FRAME, Frame, Session, Subscription, Transpor
 
 log = logging.getLogger("tidings.hub")
 
+# Parsed channels kept (about 200 bytes each); invalid names are never kept.
+CHANNEL_CACHE_SIZE = 16_384
+
 # Given an ASGI scope, drops that connection at once; installed by the server.
 AbortHook = Callable[[MutableMapping[str, Any]], bool]
 
@@ -73,6 +76,9 @@ class Hub:
         self.settings = settings
         self.broker = broker
         self.handlers = handlers or Handlers()
+        # Channels resolved by name: the settings never change, and publishing
+        # to many channels would otherwise parse each name at every publication.
+        self._channels_by_name: dict[str, Channel] = {}
         self.verifier = TokenVerifier.from_settings(settings)
         # Server API keys, as SHA-256 digests only.
         self.api_keys = api_keys if api_keys is not None else ApiKeyring.from_settings(settings)
@@ -423,7 +429,14 @@ class Hub:
     # --- operations shared by clients, the server API and Python ----------
 
     def channel(self, name: str) -> Channel:
-        return parse_channel(name, self.settings)
+        """``name`` resolved to its namespace options, or ``ProtocolError`` 107/102."""
+        channel = self._channels_by_name.get(name)
+        if channel is None:
+            channel = parse_channel(name, self.settings)
+            if len(self._channels_by_name) >= CHANNEL_CACHE_SIZE:
+                self._channels_by_name.clear()  # simpler than LRU, and as good for round-robin
+            self._channels_by_name[name] = channel
+        return channel
 
     async def publish(
         self,

@@ -65,7 +65,7 @@ from ..protocol.messages import (
     UnsubscribePush,
     UnsubscribeRequest,
 )
-from .channels import Channel, parse_channel
+from .channels import Channel
 from .events import ConnectEvent, MessageEvent, PublishEvent, RPCEvent, SubscribeEvent
 from .ratelimit import TokenBucket
 
@@ -622,7 +622,7 @@ class Session:
         subs: dict[str, SubscribeResult] = {}
         for name in event.channels:
             try:
-                channel = parse_channel(name, self.settings)
+                channel = hub.channel(name)
             except ProtocolError:
                 log.warning("server-side channel %r of user %r is invalid", name, self.user)
                 continue
@@ -668,7 +668,7 @@ class Session:
         )
 
     def _channel(self, name: str) -> Channel:
-        return parse_channel(name, self.settings)
+        return self.hub.channel(name)
 
     async def _cmd_subscribe(self, req: SubscribeRequest) -> SubscribeResult:
         channel = self._channel(req.channel)
