@@ -77,6 +77,9 @@ log = logging.getLogger("tidings.session")
 # A coalesced frame stops growing past this size, so one frame never holds a
 # client's whole backlog (clients read a frame in one piece).
 MAX_COALESCED_FRAME = 64 * 1024
+# A backlog is joined into pieces of about this size as it grows (see
+# Session._compact_tail), leaving room for the writer to add a little.
+COMPACTED_SIZE = MAX_COALESCED_FRAME - 4096
 
 # What the queue holds: text frames (JSON) or binary frames (Protobuf).
 Frame = bytes
@@ -147,6 +150,8 @@ class Session:
         "_closer",
         "_drained",
         "_loop",
+        "_loose",
+        "_loose_bytes",
         "_queued_bytes",
         "_ready",
         "_refused",
@@ -208,6 +213,9 @@ class Session:
         self._queue: deque[tuple[Frame, int, bool]] | None = None
         self._queued_bytes = 0
         self._reply_bytes = 0
+        # Pushes at the queue's tail not joined yet (see _compact_tail).
+        self._loose = 0
+        self._loose_bytes = 0
         self._drained: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -278,13 +286,38 @@ class Session:
         self._queued_bytes += size
         if reply:
             self._reply_bytes += size
-        elif self._queued_bytes - self._reply_bytes > self.settings.write_queue_max_bytes:
-            self.hub.metrics.slow_disconnects += 1
-            self.disconnect(Disconnect.of(DisconnectCode.SLOW))
-            return False
+            self._loose = self._loose_bytes = 0
+        else:
+            if self._queued_bytes - self._reply_bytes > self.settings.write_queue_max_bytes:
+                self.hub.metrics.slow_disconnects += 1
+                self.disconnect(Disconnect.of(DisconnectCode.SLOW))
+                return False
+            self._loose += 1
+            self._loose_bytes += size
+            if self._loose_bytes >= COMPACTED_SIZE:
+                self._compact_tail()
         if self._writer is None:
             self._writer = self._loop.create_task(self._write_loop())
         return False
+
+    def _compact_tail(self) -> None:
+        """Join the pushes queued since the last reply or compaction into one frame.
+
+        A client that stops reading would otherwise pin each message it did not
+        get, one small allocation among the short-lived ones of everyone else's
+        traffic: the heap then grows several times faster than the queue.
+        """
+        queue = self._queue
+        assert queue is not None
+        # The writer may have taken some from the head meanwhile.
+        count = min(self._loose, len(queue))
+        self._loose = self._loose_bytes = 0
+        if count < 2:
+            return
+        tail = [queue.pop() for _ in range(count)]
+        tail.reverse()
+        joined = self._separator.join([frame for frame, _, _ in tail])
+        queue.append((joined, sum(size for _, size, _ in tail), False))
 
     def _send_encoded(self, data: bytes, reply: bool = False) -> None:
         """Queue one message already encoded in this connection's format."""
