@@ -64,27 +64,44 @@ async def test_a_quiet_server_writes_each_frame_before_the_loop_turns(tmp_path: 
     assert [t.writes for t in transports] == [[framed(b'{"n":1}')]] * 3
 
 
-async def test_frames_right_after_a_burst_are_gathered_into_one_write_each(
-    tmp_path: Path,
-) -> None:
+async def two_bursts(sockets: list[DirectWebSocket]) -> None:
+    """Two publications in a row: what sustained load looks like to the flusher."""
+    for payload in (b"first", b"second"):
+        for ws in sockets:
+            ws.write_now(payload)
+        await next_turn()  # the burst ends
+
+
+async def test_under_load_frames_are_gathered_into_one_write_each(tmp_path: Path) -> None:
     flusher, transports, sockets = connections(tmp_path, 2)
-    for ws in sockets:
-        ws.write_now(b"first")
-    await next_turn()  # the burst ends
+    await two_bursts(sockets)
+    assert [len(t.writes) for t in transports] == [2, 2]
     for n in range(5):
         for ws in sockets:
             ws.write_now(b"m%d" % n)
-    # Within the pause after the burst nothing more went out...
-    assert [len(t.writes) for t in transports] == [1, 1]
+    # Within the pause after the second burst nothing more went out...
+    assert [len(t.writes) for t in transports] == [2, 2]
 
     # ...and then one system call per connection carries all five, in order.
-    await wait_for(lambda: all(len(t.writes) == 2 for t in transports), timeout=2)
+    await wait_for(lambda: all(len(t.writes) == 3 for t in transports), timeout=2)
     expected = b"".join(framed(b"m%d" % n) for n in range(5))
-    assert [t.writes[1] for t in transports] == [expected, expected]
+    assert [t.writes[2] for t in transports] == [expected, expected]
     # Quiet again once the pause has passed (a new burst): the next frame goes out at once.
     await wait_for(flusher.write_at_once, timeout=2)
     sockets[0].write_now(b"later")
     assert transports[0].writes[-1] == framed(b"later")
+
+
+async def test_one_late_publication_right_after_a_burst_is_not_held(tmp_path: Path) -> None:
+    # A publisher at a steady rate that fell behind sends two in a row: the
+    # second is no sign of load, and holding it would only add latency.
+    _, transports, sockets = connections(tmp_path, 2)
+    for ws in sockets:
+        ws.write_now(b"first")
+    await next_turn()
+    for ws in sockets:
+        assert ws.write_now(b"late")
+    assert [t.writes[-1] for t in transports] == [framed(b"late")] * 2
 
 
 async def test_the_pause_grows_with_how_long_the_burst_took(tmp_path: Path) -> None:
@@ -93,14 +110,12 @@ async def test_the_pause_grows_with_how_long_the_burst_took(tmp_path: Path) -> N
     # message again. The pause lasts as long as the burst did.
     _, transports, sockets = connections(tmp_path, 2)
     transports[0].cost = 0.06
-    for ws in sockets:
-        ws.write_now(b"first")
-    await next_turn()  # the burst (>= 60 ms) ends
+    await two_bursts(sockets)  # the second one (>= 60 ms) has just ended
     burst_ended = time.perf_counter()
     transports[0].cost = 0.0
-    sockets[1].write_now(b"second")
-    await wait_for(lambda: len(transports[1].writes) == 2, timeout=2)
-    assert transports[1].times[1] - burst_ended >= 0.05
+    sockets[1].write_now(b"third")
+    await wait_for(lambda: len(transports[1].writes) == 3, timeout=2)
+    assert transports[1].times[2] - burst_ended >= 0.05
 
 
 async def test_a_paused_socket_refuses_the_fast_path(tmp_path: Path) -> None:

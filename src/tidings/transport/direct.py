@@ -111,8 +111,8 @@ _CACHES = {OP_TEXT: _FrameCache(OP_TEXT), OP_BINARY: _FrameCache(OP_BINARY)}
 
 # A connection's frames are written at once while the server is quiet, as a
 # bare server would, and gathered into one system call per connection once
-# publications come fast: after a burst of writes (or a flush), the next ones
-# wait at least FLUSH_INTERVAL, and as long as that burst took, so that
+# publications come fast: after two bursts of writes in a row (or a flush),
+# the next ones wait at least FLUSH_INTERVAL, and as long as that burst took, so that
 # flushing takes about half the time and each system call carries every
 # message of the wait. The wait grows with the audience on purpose: writing
 # to 5,000 clients takes ~50 ms, and with a short wait only one publication
@@ -132,7 +132,7 @@ class Flusher:
     milliseconds of latency under load and none when idle.
     """
 
-    __slots__ = ("_cost", "_dirty", "_ended", "_handle", "_started", "bursting")
+    __slots__ = ("_cost", "_dirty", "_ended", "_handle", "_loaded", "_started", "bursting")
 
     def __init__(self) -> None:
         self._dirty: list[DirectWebSocket] = []
@@ -143,6 +143,9 @@ class Flusher:
         self._started = 0.0
         self._ended = 0.0
         self._cost = 0.0
+        # Whether the last burst or flush came within the pause after the one
+        # before it: the sign of sustained load, not of a single late write.
+        self._loaded = False
 
     def write_at_once(self) -> bool:
         """Whether a frame may skip the gathering: the server is in a burst, or quiet."""
@@ -150,9 +153,13 @@ class Flusher:
             return self.bursting
         # perf_counter: uvloop's loop.time() stands still within one callback.
         now = time.perf_counter()
-        if now - self._ended < max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY)):
+        soon = now - self._ended < max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
+        if soon and self._loaded:
             return False
-        # Quiet: everything written until the loop turns goes straight out.
+        # Quiet, or one write right after a lone burst (a publisher at a steady
+        # rate catching up after a hiccup, which a pause would only delay):
+        # everything written until the loop turns goes straight out.
+        self._loaded = soon
         self.bursting = True
         self._started = now
         self._handle = asyncio.get_running_loop().call_soon(self._end_burst)
@@ -183,6 +190,7 @@ class Flusher:
             connection.flush()
         self._ended = time.perf_counter()
         self._cost = self._ended - started
+        self._loaded = True
 
 
 class HandshakeError(Exception):
