@@ -9,7 +9,12 @@ from types import SimpleNamespace
 
 from tidings.brokers.memory import MemoryBroker
 from tidings.hub.hub import Hub
-from tidings.transport.direct import DirectWebSocket, Flusher, frame_header
+from tidings.transport.direct import (
+    WRITE_AT_ONCE_FROM,
+    DirectWebSocket,
+    Flusher,
+    frame_header,
+)
 
 from ..conftest import test_settings, wait_for
 
@@ -116,6 +121,24 @@ async def test_the_pause_grows_with_how_long_the_burst_took(tmp_path: Path) -> N
     sockets[1].write_now(b"third")
     await wait_for(lambda: len(transports[1].writes) == 3, timeout=2)
     assert transports[1].times[2] - burst_ended >= 0.05
+
+
+async def test_a_connection_with_enough_gathered_is_written_without_waiting(
+    tmp_path: Path,
+) -> None:
+    # Large messages to many clients: a pause would hold every client's
+    # gathered bytes at once, for no gain (one system call is well spent on 64 KiB).
+    _, transports, sockets = connections(tmp_path, 1)
+    await two_bursts(sockets)
+    big = b"x" * (WRITE_AT_ONCE_FROM // 4)
+    for _ in range(3):
+        sockets[0].write_now(big)
+    assert len(transports[0].writes) == 2  # gathered: 48 KiB
+    sockets[0].write_now(big)
+    assert transports[0].writes[2] == framed(big) * 4  # 64 KiB: out now, in one piece
+    sockets[0].write_now(b"after")  # gathered again, sent by the pending flush
+    await wait_for(lambda: len(transports[0].writes) == 4, timeout=2)
+    assert transports[0].writes[3] == framed(b"after")
 
 
 async def test_a_paused_socket_refuses_the_fast_path(tmp_path: Path) -> None:
