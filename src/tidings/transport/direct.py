@@ -112,9 +112,9 @@ _CACHES = {OP_TEXT: _FrameCache(OP_TEXT), OP_BINARY: _FrameCache(OP_BINARY)}
 # A connection's frames are written at once while the server is quiet, as a
 # bare server would, and gathered into one system call per connection once
 # publications come fast: after two bursts of writes in a row (or a flush),
-# the next ones wait at least FLUSH_INTERVAL, and as long as that burst took, so that
-# flushing takes about half the time and each system call carries every
-# message of the wait. The wait grows with the audience on purpose: writing
+# the next ones wait at least FLUSH_INTERVAL, and as long as that burst took,
+# so that flushing takes about half the time and each system call carries
+# every message of the wait. The wait grows with the audience on purpose: writing
 # to 5,000 clients takes ~50 ms, and with a short wait only one publication
 # fits in it, so every write would carry one message again. A message thus
 # waits at most about as long as the last flush took; MAX_FLUSH_DELAY bounds
@@ -123,7 +123,7 @@ FLUSH_INTERVAL = 0.001
 MAX_FLUSH_DELAY = 0.1
 # A connection with this much gathered is written at once, pause or not: one
 # system call is already well spent on it, and waiting would only hold memory
-# (large messages to many clients: ~20 MiB at 16 KiB x 100 clients without it).
+# (a long pause and large messages to many clients).
 WRITE_AT_ONCE_FROM = 64 * 1024
 
 
