@@ -157,7 +157,7 @@ class Flusher:
             return self.bursting
         # perf_counter: uvloop's loop.time() stands still within one callback.
         now = time.perf_counter()
-        soon = now - self._ended < max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
+        soon = now - self._ended < self._pause()
         if soon and self._loaded:
             return False
         # Quiet, or one write right after a lone burst (a publisher at a steady
@@ -169,6 +169,10 @@ class Flusher:
         self._handle = asyncio.get_running_loop().call_soon(self._end_burst)
         return True
 
+    def _pause(self) -> float:
+        """How long after the last burst or flush the next frames are gathered."""
+        return max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
+
     def _end_burst(self) -> None:
         self._handle = None
         self.bursting = False
@@ -179,8 +183,7 @@ class Flusher:
         """Flush ``connection`` with the others, once the pause since the last write is over."""
         self._dirty.append(connection)
         if self._handle is None:
-            wait = max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
-            wait -= time.perf_counter() - self._ended
+            wait = self._pause() - (time.perf_counter() - self._ended)
             loop = asyncio.get_running_loop()
             self._handle = (
                 loop.call_soon(self.flush) if wait <= 0 else loop.call_later(wait, self.flush)
@@ -610,9 +613,9 @@ class DirectWebSocket(asyncio.Protocol):
             if self._out_bytes >= WRITE_AT_ONCE_FROM:
                 self.flush()
             return
-        transport = self.transport
         flusher = self._flusher
-        if flusher.write_at_once():
+        if flusher.bursting or flusher.write_at_once():  # in a burst: skip the call
+            transport = self.transport
             if transport is not None and not transport.is_closing():
                 transport.write(data)
         else:
@@ -630,7 +633,7 @@ class DirectWebSocket(asyncio.Protocol):
         """Write one message without a task, if the socket keeps up: the fan-out's path."""
         if not self._writable or self._close_sent:
             return False
-        # The hot path of every delivery: the frame cache and _write, inlined.
+        # The hot path of every delivery: the frame cache, inlined.
         cache = self._cache
         if payload is not cache.payload:
             cache.load(payload)
@@ -638,21 +641,7 @@ class DirectWebSocket(asyncio.Protocol):
             data = cache.compressed_frame()
         else:
             data = cache.plain
-        out = self._out
-        flusher = self._flusher
-        if out is not None:
-            out.append(data)
-            self._out_bytes += len(data)
-            if self._out_bytes >= WRITE_AT_ONCE_FROM:
-                self.flush()
-        elif flusher.bursting or flusher.write_at_once():
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(data)
-        else:
-            self._out = [data]
-            self._out_bytes = len(data)
-            flusher.add(self)
+        self._write(data)
         return True
 
     def _wake_writer(self) -> None:
