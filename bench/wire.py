@@ -16,7 +16,7 @@ import orjson
 
 from tidings.protocol import ClientInfo, Publication
 from tidings.protocol.formats import JSON, PROTOBUF
-from tidings.transport.direct import OP_BINARY, OP_TEXT, deflate_message, frame_header
+from tidings.websocket.frames import OP_BINARY, OP_TEXT, deflate_message, frame_header
 
 WORDS = "the a to of and in is you that it for on was with as have be at or are this".split()
 

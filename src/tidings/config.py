@@ -229,6 +229,18 @@ class Settings(BaseSettings):
         True,
         description="Serve /connection/websocket without ASGI under tidings serve (leaner).",
     )
+    websocket_max_fragments: int = Field(
+        128, gt=0, description="Frames one incoming message may be split into before 1009."
+    )
+    max_request_head_size: int = Field(
+        16384, gt=0, description="Bytes of an HTTP request's line and headers before 431."
+    )
+    max_request_headers: int = Field(
+        100, gt=0, description="Header lines in an HTTP request before 431."
+    )
+    request_head_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client may take to send a request's headers."
+    )
     websocket_compression: bool = Field(
         True, description="Offer permessage-deflate (each publication compressed once)."
     )

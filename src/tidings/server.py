@@ -14,12 +14,13 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .app import Tidings, create_app
 from .config import Settings
 from .logs import log_config
+from .transport.asgi_websocket import asgi_websocket_protocol
 from .transport.direct import direct_protocol_factory
+from .transport.http import limited_http_protocol
 
 
 class TidingsServer(uvicorn.Server):
@@ -60,10 +61,14 @@ class TidingsServer(uvicorn.Server):
 
 
 def _websocket_protocol(tidings: Tidings) -> Any:
-    """The direct protocol for /connection/websocket, uvicorn's for other paths."""
+    """The direct protocol for /connection/websocket, the ASGI one for other paths.
+
+    Both are held to the same limits (tidings.transport.asgi_websocket).
+    """
+    asgi = asgi_websocket_protocol(tidings.settings)
     if not tidings.settings.websocket_direct:
-        return "websockets-sansio"
-    return direct_protocol_factory(tidings.hub, WebSocketsSansIOProtocol)
+        return asgi
+    return direct_protocol_factory(tidings.hub, asgi)
 
 
 def build_server(
@@ -83,7 +88,8 @@ def build_server(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with limits on the size of request heads and the time they take.
+        http=limited_http_protocol(hub.settings),
         ws=_websocket_protocol(hub),
         # The WebSocket layer refuses bigger messages (after decompression) with 1009.
         ws_max_size=hub.settings.max_message_size,

@@ -13,8 +13,8 @@ from tidings.transport.direct import (
     WRITE_AT_ONCE_FROM,
     DirectWebSocket,
     Flusher,
-    frame_header,
 )
+from tidings.websocket.frames import frame_header
 
 from ..conftest import test_settings, wait_for
 

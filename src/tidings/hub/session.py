@@ -647,6 +647,8 @@ class Session:
         self.user = event.user
         self.conn_info = info
         self.state = State.CONNECTED
+        # The handshake's headers served the connect handler; an idle connection keeps none.
+        self.headers = {}
         self._timers.pop("auth").cancel()
         hub.attach(self)
         self._set_expiry(self.expires_at)

@@ -3,12 +3,20 @@
 The ASGI path costs an idle connection tens of KiB (a suspended coroutine
 stack through every middleware, an ``asyncio.Queue``, header copies) and every
 message a trip through Starlette and uvicorn's frame builder. This protocol
-takes over the socket right after uvicorn parses the upgrade request and
-speaks RFC 6455 itself:
+takes over the socket right after uvicorn parses the upgrade request (within
+the limits of ``tidings.transport.http``) and speaks RFC 6455 itself, with
+the I/O-free pieces of ``tidings.websocket``:
 
-* an idle connection holds this object, its session and a few timer handles:
-  no task and no coroutine stack (a reader task exists only while commands
-  are being handled, a writer task only while the socket is backed up);
+* the handshake is answered by the policy both paths share;
+* frames are read by :class:`~tidings.websocket.reader.FrameReader`, which
+  checks every rule on the header, before any payload is kept; on a fault
+  the close goes out, the TCP connection is half-closed and nothing more is
+  read (RFC 6455 7.1.7);
+* while the socket does not take what we write, we stop reading, so nothing
+  the reader answers (pongs, closes) piles up, and neither do commands;
+* an idle connection holds this object, its session, a reader and a few timer
+  handles: no task and no coroutine stack (a reader task exists only while
+  commands are being handled, a writer task only while the socket is backed up);
 * a publication's frame is built once and the same bytes are written to every
   subscriber; with permessage-deflate it is compressed once too, which the
   ``server_no_context_takeover`` parameter makes valid for every subscriber;
@@ -22,58 +30,42 @@ echo demo and applications' routes keep working through ASGI.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
-import struct
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
-
-try:  # websockets' C helper; its pure-Python twin otherwise
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
 
 from ..hub import Hub
 from ..hub.session import Session, State
 from ..protocol import Disconnect, DisconnectCode
-from ..protocol.formats import JSON, PROTOBUF, PROTOBUF_SUBPROTOCOL
-from .websocket import origin_allowed
+from ..protocol.formats import JSON, PROTOBUF
+from ..websocket.frames import (
+    OP_BINARY,
+    OP_PONG,
+    OP_TEXT,
+    close_frame,
+    deflate_message,
+    frame_header,
+)
+from ..websocket.handshake import request_path, upgrade
+from ..websocket.reader import (
+    NO_STATUS_RECEIVED,
+    CloseReceived,
+    Failure,
+    FrameReader,
+    Ping,
+    Pong,
+)
 
 log = logging.getLogger("tidings.transport")
 
 PATH = "/connection/websocket"
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
 
 # Peers may take this long to answer our close before the socket is dropped.
 CLOSE_TIMEOUT = 5.0
 # Messages from one client waiting to be handled before reading pauses.
 INBOX_HIGH_WATER = 64
-# The empty deflate block that ends every compressed message (RFC 7692 7.2.1).
-_DEFLATE_TAIL = b"\x00\x00\xff\xff"
-
-
-def frame_header(opcode: int, length: int, rsv1: bool = False) -> bytes:
-    """The header of an unmasked server frame with FIN set."""
-    first = 0x80 | opcode | (0x40 if rsv1 else 0)
-    if length < 126:
-        return bytes((first, length))
-    if length < 65536:
-        return struct.pack("!BBH", first, 126, length)
-    return struct.pack("!BBQ", first, 127, length)
-
-
-def deflate_message(payload: bytes) -> bytes:
-    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return data[:-4] if data.endswith(_DEFLATE_TAIL) else data
 
 
 class _FrameCache:
@@ -200,53 +192,6 @@ class Flusher:
         self._loaded = True
 
 
-class HandshakeError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def parse_request(data: bytes) -> tuple[str, str, dict[str, str]]:
-    """Method, target and headers (lower-cased names; repeated ones joined) of a request."""
-    head, _, _ = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        key = name.strip().lower()
-        value = value.strip()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return method, target, headers
-
-
-def negotiate_deflate(offer: str) -> tuple[str, bool, int] | None:
-    """Accept the first permessage-deflate offer: (response, client resets, client wbits)."""
-    for extension in offer.split(","):
-        params = [p.strip() for p in extension.split(";")]
-        if params[0].lower() != "permessage-deflate":
-            continue
-        names = {p.split("=", 1)[0].strip().lower(): p for p in params[1:]}
-        response = ["permessage-deflate", "server_no_context_takeover"]
-        client_resets = "client_no_context_takeover" in names
-        if client_resets:
-            response.append("client_no_context_takeover")
-        if "server_max_window_bits" in names:
-            # We compress with a full window only when the client allows it.
-            value = names["server_max_window_bits"].partition("=")[2].strip().strip('"')
-            if value and value != "15":
-                continue
-        wbits = 15
-        if "client_max_window_bits" in names:
-            value = names["client_max_window_bits"].partition("=")[2].strip().strip('"')
-            if value:
-                wbits = int(value) if value.isdigit() and 8 <= int(value) <= 15 else 15
-                response.append(f"client_max_window_bits={wbits}")
-        return "; ".join(response), client_resets, wbits
-    return None
-
-
 class DirectWebSocket(asyncio.Protocol):
     """One client of ``/connection/websocket``, spoken to without ASGI."""
 
@@ -263,24 +208,17 @@ class DirectWebSocket(asyncio.Protocol):
         "_flusher",
         "transport",
         "_binary",
-        "_buffer",
         "_close_timer",
         "_connections",
         "_delegate",
         "_drain",
-        "_failed",
         "_fallback",
-        "_fragment_compressed",
-        "_fragment_opcode",
-        "_fragments",
+        "_frames",
         "_inbox",
-        "_inflate_resets",
-        "_inflate_wbits",
-        "_inflater",
         "_kwargs",
-        "_limit",
         "_opcode",
         "_reader",
+        "_reading",
         "hub",
         "scope",
         "session",
@@ -308,25 +246,20 @@ class DirectWebSocket(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.scope: dict[str, Any] = {}  # for the server's abort hook, like uvicorn's
         self.session: Session | None = None
-        self._buffer = bytearray()
-        self._fragments: list[bytes] = []
-        self._fragment_opcode = 0
-        self._fragment_compressed = False
+        # The client's frames, read until a close or a fault (then None: bytes are dropped).
+        self._frames: FrameReader | None = None
+        # Messages read and not yet handled, and the task handling them.
         self._inbox: deque[str | bytes] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._reading = True
         self._writable = True
         self._drain: asyncio.Event | None = None
         self._binary = False
         self._opcode = OP_TEXT
         self._cache = _CACHES[OP_TEXT]
         self._deflate = False
-        self._inflater: Any = None
-        self._inflate_resets = True
-        self._inflate_wbits = 15
         self._close_sent = False
-        self._failed = False
         self._close_timer: asyncio.TimerHandle | None = None
-        self._limit = hub.settings.max_message_size
         self._min_compress = hub.settings.compression_min_size
 
     # --- asyncio.Protocol -------------------------------------------------
@@ -340,23 +273,25 @@ class DirectWebSocket(asyncio.Protocol):
         if self._delegate is not None:
             self._delegate.data_received(data)
             return
-        if self.session is None:
+        frames = self._frames
+        if frames is not None:
+            frames.receive_data(data)
+            self._read_frames()
+        elif self.session is None and not self._close_sent:
             self._handshake(data)
-            return
-        self._buffer += data
-        try:
-            self._parse_frames()
-        except Disconnect as d:
-            self._fail(d)
-        except Exception:
-            log.exception("cannot read a frame")
-            self._fail(Disconnect(1011, "internal error"))
+        # Else: closing. Whatever else the client sends is dropped unread.
+
+    def eof_received(self) -> bool | None:
+        if self._delegate is not None:
+            return self._delegate.eof_received()
+        return None  # the client is done sending: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._delegate is not None:
             self._delegate.connection_lost(exc)
             return
         self._connections.discard(self)
+        self._frames = None
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._writable = True
@@ -367,18 +302,17 @@ class DirectWebSocket(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._delegate is not None:
             self._delegate.pause_writing()
+            return
         self._writable = False
+        self._update_reading()
 
     def resume_writing(self) -> None:
         if self._delegate is not None:
             self._delegate.resume_writing()
+            return
         self._writable = True
         self._wake_writer()
-
-    def eof_received(self) -> bool | None:
-        if self._delegate is not None:
-            return self._delegate.eof_received()
-        return None
+        self._update_reading()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: tell the client to reconnect elsewhere."""
@@ -391,9 +325,7 @@ class DirectWebSocket(asyncio.Protocol):
 
     def _handshake(self, data: bytes) -> None:
         assert self.transport is not None
-        method, target, headers = parse_request(data)
-        url = urlsplit(target)
-        if url.path != PATH:
+        if request_path(data) != PATH:
             # Not ours: uvicorn's own WebSocket implementation serves it over ASGI.
             # uvicorn makes this object the transport's protocol once we return,
             # so it stays in between and forwards everything.
@@ -402,168 +334,79 @@ class DirectWebSocket(asyncio.Protocol):
             other.connection_made(self.transport)
             other.data_received(data)
             return
-        try:
-            response, offered = self._accept(method, headers)
-        except HandshakeError as e:
-            body = e.reason.encode()
-            self.transport.write(
-                f"HTTP/1.1 {e.status} {e.reason}\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
+        settings = self.hub.settings
+        result = upgrade(
+            data,
+            allowed_origins=settings.allowed_origins,
+            compression=settings.websocket_compression,
+            available=self.hub.running,
+        )
+        self.transport.write(result.response)
+        if not result.accepted:
+            status = result.response.split(b"\r\n", 1)[0].decode("latin-1")
+            log.info("refused WebSocket upgrade: %s", status)
+            self._close_sent = True
             self.transport.close()
             return
-        query = parse_qs(url.query)
-        protobuf = PROTOBUF_SUBPROTOCOL in offered or query.get("format") == ["protobuf"]
-        self._binary = protobuf
-        self._opcode = OP_BINARY if protobuf else OP_TEXT
+        self._binary = result.protobuf
+        self._opcode = OP_BINARY if result.protobuf else OP_TEXT
         self._cache = _CACHES[self._opcode]
-        self.transport.write(response)
+        self._deflate = result.inflate is not None
+        self._frames = FrameReader(
+            max_message_size=settings.max_message_size,
+            max_fragments=settings.websocket_max_fragments,
+            inflate=result.inflate,
+        )
         peer = self.transport.get_extra_info("peername")
         self.scope = {"type": "websocket", "path": PATH, "client": peer}
         self.session = self.hub.open_session(
-            self, headers=headers, wire_format=PROTOBUF if protobuf else JSON
+            self, headers=result.headers, wire_format=PROTOBUF if result.protobuf else JSON
         )
-
-    def _accept(self, method: str, headers: Mapping[str, str]) -> tuple[bytes, list[str]]:
-        settings = self.hub.settings
-        if method != "GET":
-            raise HandshakeError(405, "Method Not Allowed")
-        if headers.get("sec-websocket-version") != "13":
-            raise HandshakeError(426, "Upgrade Required")
-        key = headers.get("sec-websocket-key", "")
-        try:
-            valid_key = len(base64.b64decode(key, validate=True)) == 16
-        except ValueError:
-            valid_key = False
-        if not valid_key:
-            raise HandshakeError(400, "Bad Request")
-        if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
-            log.info("refused WebSocket from origin %r", headers.get("origin"))
-            raise HandshakeError(403, "Forbidden")
-        if not self.hub.running:
-            raise HandshakeError(503, "Service Unavailable")
-        accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-        lines = [
-            "HTTP/1.1 101 Switching Protocols",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Accept: {accept}",
-        ]
-        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
-        if PROTOBUF_SUBPROTOCOL in offered:
-            lines.append(f"Sec-WebSocket-Protocol: {PROTOBUF_SUBPROTOCOL}")
-        if settings.websocket_compression:
-            deflate = negotiate_deflate(headers.get("sec-websocket-extensions", ""))
-            if deflate is not None:
-                extension, self._inflate_resets, self._inflate_wbits = deflate
-                self._deflate = True
-                lines.append(f"Sec-WebSocket-Extensions: {extension}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode(), offered
 
     # --- reading ----------------------------------------------------------
 
-    def _parse_frames(self) -> None:
-        buffer = self._buffer
-        while len(buffer) >= 2:
-            first, second = buffer[0], buffer[1]
-            if not second & 0x80:
-                raise Disconnect(1002, "unmasked frame")
-            length = second & 0x7F
-            position = 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length = int.from_bytes(buffer[2:4], "big")
-                position = 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length = int.from_bytes(buffer[2:10], "big")
-                position = 10
-            opcode = first & 0x0F
-            if first & 0x30 or (first & 0x40 and not (self._deflate and opcode < 8)):
-                raise Disconnect(1002, "reserved bits set")
-            if length > self._limit and opcode < 8:
-                raise Disconnect.of(DisconnectCode.MESSAGE_TOO_BIG)
-            end = position + 4 + length
-            if len(buffer) < end:
+    def _read_frames(self) -> None:
+        """Turn buffered bytes into messages until the inbox is full; answer the last ping."""
+        frames = self._frames
+        pong: bytes | None = None
+        inbox = self._inbox
+        while frames is not None and (inbox is None or len(inbox) < INBOX_HIGH_WATER):
+            event = frames.next_event()
+            if event is None:
+                break
+            if isinstance(event, str | bytes):
+                self._deliver(event)
+                inbox = self._inbox
+            elif isinstance(event, Ping):
+                # Only the latest ping of a batch is answered (RFC 6455 5.5.3 allows it):
+                # a flood of pings costs one pong per read, not one per ping.
+                pong = event.payload
+            elif isinstance(event, CloseReceived):
+                self._peer_closed(event)
                 return
-            mask = bytes(buffer[position : position + 4])
-            payload = apply_mask(bytes(buffer[position + 4 : end]), mask)
-            del buffer[:end]
-            self._frame(bool(first & 0x80), bool(first & 0x40), opcode, payload)
+            elif isinstance(event, Failure):
+                self._fail(Disconnect(event.code, event.reason))
+                return
+            else:
+                assert isinstance(event, Pong)  # unsolicited or ours: nothing to do
+            frames = self._frames  # None once a message closed the connection
+        if pong is not None and not self._close_sent:
+            self._write(frame_header(OP_PONG, len(pong)) + pong)
+        self._update_reading()
 
-    def _frame(self, fin: bool, rsv1: bool, opcode: int, payload: bytes) -> None:
-        if self._failed and opcode != OP_CLOSE:
-            return  # closing after a protocol error: only the peer's close matters
-        if opcode >= 8:
-            if not fin or len(payload) > 125:
-                raise Disconnect(1002, "bad control frame")
-            if opcode == OP_PING:
-                self._write(frame_header(OP_PONG, len(payload)) + payload)
-            elif opcode == OP_CLOSE:
-                self._peer_closed(payload)
-            elif opcode != OP_PONG:
-                raise Disconnect(1002, "unknown opcode")
+    def _deliver(self, message: str | bytes) -> None:
+        session = self.session
+        assert session is not None
+        if session.state is State.CLOSED:
+            return  # closing: frames are read only for the client's close
+        if isinstance(message, str) == self._binary:
+            # The protocol's rule, not WebSocket's: the session says so (in band too) and closes.
+            wrong = "text frame on a Protobuf" if self._binary else "binary frame on a JSON"
+            session.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, wrong + " connection"))
             return
-        if opcode == OP_CONTINUATION:
-            if not self._fragments:
-                raise Disconnect(1002, "unexpected continuation")
-        elif opcode in (OP_TEXT, OP_BINARY):
-            if self._fragments:
-                raise Disconnect(1002, "expected continuation")
-            self._fragment_opcode = opcode
-            self._fragment_compressed = rsv1
-        else:
-            raise Disconnect(1002, "unknown opcode")
-        self._fragments.append(payload)
-        if sum(len(f) for f in self._fragments) > self._limit:
-            raise Disconnect.of(DisconnectCode.MESSAGE_TOO_BIG)
-        if not fin:
-            return
-        message = b"".join(self._fragments)
-        self._fragments.clear()
-        if self._fragment_compressed:
-            message = self._inflate(message)
-        self._deliver(self._fragment_opcode, message)
-
-    def _inflate(self, data: bytes) -> bytes:
-        inflater = self._inflater
-        if inflater is None:
-            inflater = zlib.decompressobj(-self._inflate_wbits)
-            if not self._inflate_resets:
-                self._inflater = inflater  # the client keeps its window across messages
-        try:
-            # max_length: a small message that inflates past the limit is a bomb,
-            # refused without ever holding the inflated whole.
-            out: bytes = inflater.decompress(data + _DEFLATE_TAIL, self._limit + 1)
-        except zlib.error:
-            raise Disconnect(1007, "invalid compressed data") from None
-        if len(out) > self._limit or inflater.unconsumed_tail:
-            raise Disconnect.of(DisconnectCode.MESSAGE_TOO_BIG)
-        return out
-
-    def _deliver(self, opcode: int, message: bytes) -> None:
-        if opcode == OP_TEXT:
-            try:
-                text = message.decode("utf-8")
-            except UnicodeDecodeError:
-                raise Disconnect.of(DisconnectCode.INVALID_UTF8) from None
-            if self._binary:
-                raise Disconnect.of(
-                    DisconnectCode.BAD_REQUEST, "text frame on a Protobuf connection"
-                )
-            item: str | bytes = text
-        else:
-            if not self._binary:
-                raise Disconnect.of(DisconnectCode.BAD_REQUEST, "binary frame on a JSON connection")
-            item = message
         if self._inbox is None:
             self._inbox = deque()
-        self._inbox.append(item)
-        if len(self._inbox) >= INBOX_HIGH_WATER and self.transport is not None:
-            self.transport.pause_reading()  # the client outpaces its commands: stop reading
+        self._inbox.append(message)
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -574,15 +417,32 @@ class DirectWebSocket(asyncio.Protocol):
         try:
             while inbox and session.state is not State.CLOSED:
                 await session.handle_frame(inbox.popleft())
-                if len(inbox) < INBOX_HIGH_WATER // 2 and self.transport is not None:
-                    self.transport.resume_reading()
+                if len(inbox) < INBOX_HIGH_WATER // 2:
+                    self._read_frames()  # what the full inbox left unread
         finally:
             self._reader = None
             self._inbox = None  # an idle connection holds no deque
+            self._update_reading()
 
-    def _peer_closed(self, payload: bytes) -> None:
+    def _update_reading(self) -> None:
+        """Read while the socket takes our writes and the inbox has room; else pause."""
+        inbox = self._inbox
+        wanted = self._writable and (inbox is None or len(inbox) < INBOX_HIGH_WATER)
+        wanted = wanted or self._frames is None  # closing: read (and drop) until EOF
+        transport = self.transport
+        if wanted != self._reading and transport is not None and not transport.is_closing():
+            self._reading = wanted
+            if wanted:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _peer_closed(self, close: CloseReceived) -> None:
+        """The client's close: answer it (unless ours crossed it), then hang up at once."""
+        self._frames = None
         if not self._close_sent:
-            self._write(frame_header(OP_CLOSE, min(len(payload), 2)) + payload[:2])
+            code = None if close.code == NO_STATUS_RECEIVED else close.code
+            self._write(close_frame(code))
             self._close_sent = True
         self.flush()
         if self.transport is not None:
@@ -591,16 +451,29 @@ class DirectWebSocket(asyncio.Protocol):
             self.session.disconnect(Disconnect.of(DisconnectCode.CONNECTION_CLOSED))
 
     def _fail(self, reason: Disconnect) -> None:
-        """A protocol error from the client: close with ``reason``, taking nothing more."""
-        self._buffer.clear()
-        self._fragments.clear()
-        if self._failed:
-            return  # more of the same stream: we are waiting for the peer's close
-        self._failed = True
+        """Fail the connection (RFC 6455 7.1.7): close, half-close TCP, read nothing more."""
+        self._frames = None
+        if self._inbox is not None:
+            self._inbox.clear()  # nothing after the fault is acted on
+        transport = self.transport
+        if not self._close_sent and transport is not None and not transport.is_closing():
+            self._write(close_frame(reason.code, reason.reason))
+            self._close_sent = True
+            self.flush()
+            if transport.can_write_eof():
+                # Half-close: the client reads our close and the end of the stream,
+                # while whatever it still sends is dropped unread until it hangs up.
+                transport.write_eof()
+                self._close_timer = asyncio.get_running_loop().call_later(
+                    CLOSE_TIMEOUT, transport.abort
+                )
+            else:  # pragma: no cover  (TLS transports cannot half-close)
+                transport.close()
+        self._update_reading()
         if self.session is not None:
             self.session.disconnect(reason)
-        elif self.transport is not None:
-            self.transport.close()
+        elif transport is not None:
+            transport.close()
 
     # --- writing: the session's Transport ---------------------------------
 
@@ -656,7 +529,7 @@ class DirectWebSocket(asyncio.Protocol):
             if self._drain is None:
                 self._drain = asyncio.Event()
             await self._drain.wait()
-        if self.transport is None or self.transport.is_closing():
+        if self._close_sent or self.transport is None or self.transport.is_closing():
             raise ConnectionError("connection closed")
         body = frame
         rsv1 = False
@@ -671,8 +544,9 @@ class DirectWebSocket(asyncio.Protocol):
             if self._drain is None:
                 self._drain = asyncio.Event()
             await self._drain.wait()
-        payload = code.to_bytes(2, "big") + reason.encode()[:123]
-        self._write(frame_header(OP_CLOSE, len(payload)) + payload)
+        if self._close_sent or self.transport.is_closing():
+            return
+        self._write(close_frame(code, reason))
         self._close_sent = True
         transport = self.transport
         # Give the client a moment to answer with its close, then hang up.

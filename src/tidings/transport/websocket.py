@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket
 from websockets.frames import Frame, Opcode
@@ -12,6 +11,7 @@ from ..hub import AbortHook, Hub
 from ..hub.session import State
 from ..protocol import Disconnect, DisconnectCode
 from ..protocol.formats import JSON, PROTOBUF, PROTOBUF_SUBPROTOCOL
+from ..websocket.handshake import origin_allowed, wants_protobuf
 
 log = logging.getLogger("tidings.transport")
 
@@ -80,22 +80,6 @@ def hide_secrets_from_logs() -> None:
     logging.getLogger("uvicorn.error").addFilter(_REDACT)
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
-    """Check a browser's Origin header against the allowlist.
-
-    Clients that send no Origin are not browsers and are allowed. With an empty
-    allowlist only the same origin is: the Origin's host must equal the Host
-    header. Matching is exact, so ``null`` and suffix tricks
-    (``app.example.com.evil.com``) never pass.
-    """
-    if origin is None:
-        return True
-    if allowed:
-        return origin != "null" and origin in allowed
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and bool(host) and parts.netloc == host
-
-
 def _too_big(frame: str | bytes, limit: int) -> bool:
     if isinstance(frame, bytes):
         return len(frame) > limit
@@ -117,7 +101,7 @@ async def protocol_endpoint(ws: WebSocket, hub: Hub) -> None:
         return
     # The SDKs ask for Protobuf with a subprotocol; ?format=protobuf also works.
     offered = ws.scope.get("subprotocols") or []
-    protobuf = PROTOBUF_SUBPROTOCOL in offered or ws.query_params.get("format") == "protobuf"
+    protobuf = wants_protobuf(offered, ws.scope.get("query_string", b"").decode("latin-1"))
     wire_format = PROTOBUF if protobuf else JSON
     await ws.accept(subprotocol=PROTOBUF_SUBPROTOCOL if PROTOBUF_SUBPROTOCOL in offered else None)
     transport = StarletteTransport(ws, hub.abort_hook, text=not protobuf)
