@@ -225,6 +225,11 @@ class Settings(BaseSettings):
     write_queue_max_bytes: int = Field(
         1 << 20, gt=0, description="Outgoing bytes queued per connection before 3008 (slow)."
     )
+    write_delay: float = Field(
+        0.0,
+        ge=0,
+        description="Milliseconds to hold outgoing frames for bigger batches (0: never wait).",
+    )
     websocket_direct: bool = Field(
         True,
         description="Serve /connection/websocket without ASGI under tidings serve (leaner).",

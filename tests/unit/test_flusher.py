@@ -1,4 +1,4 @@
-"""When the direct path writes a frame at once, and when it gathers frames into one write."""
+"""How the direct path gathers each loop iteration's frames into one write per connection."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ class RecordingTransport:
     def is_closing(self) -> bool:
         return False
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
 
 def connections(
     tmp_path: Path, count: int
@@ -61,84 +67,68 @@ async def next_turn() -> None:
     await asyncio.sleep(0)
 
 
-async def test_a_quiet_server_writes_each_frame_before_the_loop_turns(tmp_path: Path) -> None:
+async def test_frames_leave_at_the_end_of_the_loop_iteration(tmp_path: Path) -> None:
     _, transports, sockets = connections(tmp_path, 3)
     for ws in sockets:
         assert ws.write_now(b'{"n":1}')
-    # No flush has run: every subscriber already has its frame (lowest latency).
+    assert [t.writes for t in transports] == [[], [], []]  # gathered during the iteration
+    await next_turn()
+    # The flush ran before anything else of the next iteration: one write each.
     assert [t.writes for t in transports] == [[framed(b'{"n":1}')]] * 3
 
 
-async def two_bursts(sockets: list[DirectWebSocket]) -> None:
-    """Two publications in a row: what sustained load looks like to the flusher."""
-    for payload in (b"first", b"second"):
-        for ws in sockets:
-            ws.write_now(payload)
-        await next_turn()  # the burst ends
-
-
-async def test_under_load_frames_are_gathered_into_one_write_each(tmp_path: Path) -> None:
-    flusher, transports, sockets = connections(tmp_path, 2)
-    await two_bursts(sockets)
-    assert [len(t.writes) for t in transports] == [2, 2]
+async def test_what_one_iteration_wrote_goes_out_in_one_write(tmp_path: Path) -> None:
+    # A client's publish reply and its own publication, or several publications
+    # handled in one iteration: one system call per connection, in order.
+    _, transports, sockets = connections(tmp_path, 2)
     for n in range(5):
         for ws in sockets:
             ws.write_now(b"m%d" % n)
-    # Within the pause after the second burst nothing more went out...
-    assert [len(t.writes) for t in transports] == [2, 2]
-
-    # ...and then one system call per connection carries all five, in order.
-    await wait_for(lambda: all(len(t.writes) == 3 for t in transports), timeout=2)
-    expected = b"".join(framed(b"m%d" % n) for n in range(5))
-    assert [t.writes[2] for t in transports] == [expected, expected]
-    # Quiet again once the pause has passed (a new burst): the next frame goes out at once.
-    await wait_for(flusher.write_at_once, timeout=2)
-    sockets[0].write_now(b"later")
-    assert transports[0].writes[-1] == framed(b"later")
-
-
-async def test_one_late_publication_right_after_a_burst_is_not_held(tmp_path: Path) -> None:
-    # A publisher at a steady rate that fell behind sends two in a row: the
-    # second is no sign of load, and holding it would only add latency.
-    _, transports, sockets = connections(tmp_path, 2)
-    for ws in sockets:
-        ws.write_now(b"first")
     await next_turn()
-    for ws in sockets:
-        assert ws.write_now(b"late")
-    assert [t.writes[-1] for t in transports] == [framed(b"late")] * 2
+    expected = b"".join(framed(b"m%d" % n) for n in range(5))
+    assert [t.writes for t in transports] == [[expected], [expected]]
 
 
-async def test_the_pause_grows_with_how_long_the_burst_took(tmp_path: Path) -> None:
-    # Writing to thousands of clients takes tens of milliseconds; a pause of a
-    # few would let only one publication in, and each write would carry one
-    # message again. The pause lasts as long as the burst did.
+async def test_no_timer_holds_frames_under_load(tmp_path: Path) -> None:
+    # Iteration after iteration of writes (sustained load): each iteration's
+    # frames leave with the next one, never held for a pause.
     _, transports, sockets = connections(tmp_path, 2)
-    transports[0].cost = 0.06
-    await two_bursts(sockets)  # the second one (>= 60 ms) has just ended
-    burst_ended = time.perf_counter()
-    transports[0].cost = 0.0
-    sockets[1].write_now(b"third")
-    await wait_for(lambda: len(transports[1].writes) == 3, timeout=2)
-    assert transports[1].times[2] - burst_ended >= 0.05
+    for n in range(20):
+        for ws in sockets:
+            ws.write_now(b"m%d" % n)
+        await next_turn()
+        assert [len(t.writes) for t in transports] == [n + 1, n + 1]
 
 
-async def test_a_connection_with_enough_gathered_is_written_without_waiting(
-    tmp_path: Path,
-) -> None:
-    # Large messages to many clients: a pause would hold every client's
-    # gathered bytes at once, for no gain (one system call is well spent on 64 KiB).
+async def test_write_delay_holds_frames_for_a_bigger_batch(tmp_path: Path) -> None:
+    hub = Hub(test_settings(tmp_path, write_delay=30), MemoryBroker())
+    flusher = Flusher(hub.settings.write_delay / 1000)
+    ws = DirectWebSocket(hub, asyncio.Protocol, flusher, None, SimpleNamespace(connections=set()))
+    transport = RecordingTransport()
+    ws.connection_made(transport)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    ws.write_now(b"a")
+    await next_turn()
+    ws.write_now(b"b")
+    assert transport.writes == []  # held, across iterations
+    await wait_for(lambda: transport.writes, timeout=2)
+    assert transport.writes == [framed(b"a") + framed(b"b")]
+    assert transport.times[0] - started >= 0.025
+
+
+async def test_a_connection_with_enough_gathered_is_written_at_once(tmp_path: Path) -> None:
+    # Large messages to many clients: holding every client's gathered bytes
+    # until the iteration ends is no gain (one system call is well spent on 64 KiB).
     _, transports, sockets = connections(tmp_path, 1)
-    await two_bursts(sockets)
     big = b"x" * (WRITE_AT_ONCE_FROM // 4)
     for _ in range(3):
         sockets[0].write_now(big)
-    assert len(transports[0].writes) == 2  # gathered: 48 KiB
+    assert transports[0].writes == []  # gathered: 48 KiB
     sockets[0].write_now(big)
-    assert transports[0].writes[2] == framed(big) * 4  # 64 KiB: out now, in one piece
+    assert transports[0].writes == [framed(big) * 4]  # 64 KiB: out now, in one piece
     sockets[0].write_now(b"after")  # gathered again, sent by the pending flush
-    await wait_for(lambda: len(transports[0].writes) == 4, timeout=2)
-    assert transports[0].writes[3] == framed(b"after")
+    await next_turn()
+    assert transports[0].writes[1] == framed(b"after")
 
 
 async def test_a_paused_socket_refuses_the_fast_path(tmp_path: Path) -> None:

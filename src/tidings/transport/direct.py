@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -101,95 +100,50 @@ class _FrameCache:
 # One cache per opcode: JSON (text) and Protobuf (binary) frames differ.
 _CACHES = {OP_TEXT: _FrameCache(OP_TEXT), OP_BINARY: _FrameCache(OP_BINARY)}
 
-# A connection's frames are written at once while the server is quiet, as a
-# bare server would, and gathered into one system call per connection once
-# publications come fast: after two bursts of writes in a row (or a flush),
-# the next ones wait at least FLUSH_INTERVAL, and as long as that burst took,
-# so that flushing takes about half the time and each system call carries
-# every message of the wait. The wait grows with the audience on purpose: writing
-# to 5,000 clients takes ~50 ms, and with a short wait only one publication
-# fits in it, so every write would carry one message again. A message thus
-# waits at most about as long as the last flush took; MAX_FLUSH_DELAY bounds
-# that when one flush was slow for another reason (a GC pause, say).
-FLUSH_INTERVAL = 0.001
-MAX_FLUSH_DELAY = 0.1
-# A connection with this much gathered is written at once, pause or not: one
-# system call is already well spent on it, and waiting would only hold memory
-# (a long pause and large messages to many clients).
+# What one connection may have gathered before it is written at once, whatever
+# the flush policy: one system call is well spent on it, and holding more would
+# only hold memory (large messages to many clients in one loop iteration).
 WRITE_AT_ONCE_FROM = 64 * 1024
 
 
 class Flusher:
-    """Decides, for all connections of a server, whether a frame goes out now or waits.
+    """Writes what each connection got during one loop iteration in one system call.
 
-    One system call per message per subscriber is the ceiling of a server
-    that writes as it goes; joining what a connection got while the previous
-    flush ran (and a little after) passes it, at the cost of a few
-    milliseconds of latency under load and none when idle.
+    Frames are gathered per connection as they are written, and the flush runs
+    as the next callback of the event loop: after everything else this
+    iteration does (every command read in it, every publication it fans out),
+    before any new input is handled. A quiet server thus adds no latency (one
+    zero-timeout poll), and a busy one batches by itself: the more commands
+    an iteration handles, the more frames each system call carries (a client's
+    publish reply and its own publication leave together). No timer is
+    involved unless ``write_delay`` asks for one: then a flush waits that long
+    after the first frame, for bigger batches at the cost of that latency,
+    as Centrifugo's ``write_delay`` does.
     """
 
-    __slots__ = ("_cost", "_dirty", "_ended", "_handle", "_loaded", "_started", "bursting")
+    __slots__ = ("_delay", "_dirty", "_handle")
 
-    def __init__(self) -> None:
+    def __init__(self, write_delay: float = 0.0) -> None:
+        self._delay = write_delay
         self._dirty: list[DirectWebSocket] = []
-        # Pending: the end of a burst (while bursting) or a flush.
         self._handle: asyncio.Handle | None = None
-        # Read by every write: frames go straight out until the loop turns.
-        self.bursting = False
-        self._started = 0.0
-        self._ended = 0.0
-        self._cost = 0.0
-        # Whether the last burst or flush came within the pause after the one
-        # before it: the sign of sustained load, not of a single late write.
-        self._loaded = False
-
-    def write_at_once(self) -> bool:
-        """Whether a frame may skip the gathering: the server is in a burst, or quiet."""
-        if self._handle is not None:
-            return self.bursting
-        # perf_counter: uvloop's loop.time() stands still within one callback.
-        now = time.perf_counter()
-        soon = now - self._ended < self._pause()
-        if soon and self._loaded:
-            return False
-        # Quiet, or one write right after a lone burst (a publisher at a steady
-        # rate catching up after a hiccup, which a pause would only delay):
-        # everything written until the loop turns goes straight out.
-        self._loaded = soon
-        self.bursting = True
-        self._started = now
-        self._handle = asyncio.get_running_loop().call_soon(self._end_burst)
-        return True
-
-    def _pause(self) -> float:
-        """How long after the last burst or flush the next frames are gathered."""
-        return max(FLUSH_INTERVAL, min(self._cost, MAX_FLUSH_DELAY))
-
-    def _end_burst(self) -> None:
-        self._handle = None
-        self.bursting = False
-        self._ended = time.perf_counter()
-        self._cost = self._ended - self._started
 
     def add(self, connection: DirectWebSocket) -> None:
-        """Flush ``connection`` with the others, once the pause since the last write is over."""
+        """Flush ``connection`` with the others, at the end of this iteration."""
         self._dirty.append(connection)
         if self._handle is None:
-            wait = self._pause() - (time.perf_counter() - self._ended)
             loop = asyncio.get_running_loop()
             self._handle = (
-                loop.call_soon(self.flush) if wait <= 0 else loop.call_later(wait, self.flush)
+                loop.call_later(self._delay, self.flush)
+                if self._delay
+                else loop.call_soon(self.flush)
             )
 
     def flush(self) -> None:
         self._handle = None
-        started = time.perf_counter()
         dirty, self._dirty = self._dirty, []
         for connection in dirty:
             connection.flush()
-        self._ended = time.perf_counter()
-        self._cost = self._ended - started
-        self._loaded = True
 
 
 class DirectWebSocket(asyncio.Protocol):
@@ -478,25 +432,20 @@ class DirectWebSocket(asyncio.Protocol):
     # --- writing: the session's Transport ---------------------------------
 
     def _write(self, data: bytes) -> None:
-        """Write now while the server is quiet, else with the next flush; always in order."""
+        """Gather ``data`` for the flush at the end of this loop iteration; always in order."""
         out = self._out
-        if out is not None:
-            out.append(data)
-            self._out_bytes += len(data)
-            if self._out_bytes >= WRITE_AT_ONCE_FROM:
-                self.flush()
-            return
-        flusher = self._flusher
-        if flusher.bursting or flusher.write_at_once():  # in a burst: skip the call
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(data)
-        else:
+        if out is None:
             self._out = [data]
             self._out_bytes = len(data)
-            flusher.add(self)
+            self._flusher.add(self)
+            return
+        out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= WRITE_AT_ONCE_FROM:
+            self.flush()
 
     def flush(self) -> None:
+        """Write what was gathered, in one system call."""
         out, self._out = self._out, None
         transport = self.transport
         if out and transport is not None and not transport.is_closing():
@@ -560,7 +509,7 @@ class DirectWebSocket(asyncio.Protocol):
 
 def direct_protocol_factory(hub: Hub, fallback: Callable[..., asyncio.Protocol]) -> Any:
     """What uvicorn's ``ws`` setting takes: builds a DirectWebSocket per upgrade."""
-    flusher = Flusher()
+    flusher = Flusher(hub.settings.write_delay / 1000)
 
     def factory(**kwargs: Any) -> DirectWebSocket:
         return DirectWebSocket(hub, fallback, flusher, **kwargs)
