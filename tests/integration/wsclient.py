@@ -6,8 +6,10 @@ server's ``{}`` pings unless told not to. Reads happen only when a test asks
 for something, so a test sees exactly what the server sent.
 
 ``RawWebSocket`` speaks WebSocket by hand over an asyncio stream, for what a
-well-behaved library refuses to do: send invalid UTF-8 in a text frame, or
-stop reading altogether (a slow client).
+well-behaved library refuses to do: send invalid UTF-8 in a text frame, set
+reserved bits, leave a frame unmasked, cut a frame anywhere, or stop reading
+altogether (a slow client). It also speaks permessage-deflate (RFC 7692) when
+the server accepts it, and tells a close frame from the TCP connection's end.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import json
 import os
 import socket
 import struct
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -183,21 +186,82 @@ async def ws_client(url: str, *, answer_pings: bool = True) -> AsyncIterator[WSC
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
-def frame_bytes(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A client frame: always masked, as RFC 6455 requires."""
-    head = bytearray([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head.append(0x80 | n)
-    elif n < 1 << 16:
-        head.append(0x80 | 126)
-        head += struct.pack("!H", n)
+# The reserved bits of a frame's first byte; RSV1 marks a compressed message.
+RSV1, RSV2, RSV3 = 0x40, 0x20, 0x10
+# The empty stored block that ends a sync-flushed deflate message (RFC 7692 7.2.1).
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def apply_mask(data: bytes, mask: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``mask`` repeated (masking and unmasking alike)."""
+    n = len(data)
+    if not n:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def frame_header(
+    opcode: int, length: int, *, fin: bool = True, rsv: int = 0, mask: bytes | None = None
+) -> bytes:
+    """A frame's header: the length in as few bytes as RFC 6455 allows, then the mask key.
+
+    ``mask`` None leaves the MASK bit clear (a server's frame, or a client's
+    faulty one); ``rsv`` is any of RSV1 | RSV2 | RSV3.
+    """
+    head = bytearray([(0x80 if fin else 0) | rsv | opcode])
+    bit = 0x80 if mask is not None else 0
+    if length < 126:
+        head.append(bit | length)
+    elif length < 1 << 16:
+        head.append(bit | 126)
+        head += struct.pack("!H", length)
     else:
-        head.append(0x80 | 127)
-        head += struct.pack("!Q", n)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes(head) + mask + masked
+        head.append(bit | 127)
+        head += struct.pack("!Q", length)
+    if mask is not None:
+        assert len(mask) == 4
+        head += mask
+    return bytes(head)
+
+
+def frame_bytes(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = None,
+    masked: bool = True,
+) -> bytes:
+    """A client frame: masked (with ``mask``, random by default), as RFC 6455 requires.
+
+    ``masked=False`` sends it unmasked, which a server must refuse.
+    """
+    if not masked:
+        return frame_header(opcode, len(payload), fin=fin, rsv=rsv) + payload
+    key = os.urandom(4) if mask is None else mask
+    return frame_header(opcode, len(payload), fin=fin, rsv=rsv, mask=key) + apply_mask(payload, key)
+
+
+class Frame(NamedTuple):
+    """A frame as the server sent it (payload unmasked, still compressed if RSV1)."""
+
+    fin: bool
+    rsv: int
+    opcode: int
+    payload: bytes
+    masked: bool = False  # a server must never mask (RFC 6455 5.1)
+
+
+def deflate_params(header: str) -> dict[str, str | None] | None:
+    """The parameters of the permessage-deflate extension in a response header, if any."""
+    for extension in header.split(","):
+        name, *params = (p.strip() for p in extension.split(";"))
+        if name.lower() == "permessage-deflate":
+            pairs = (p.partition("=") for p in params if p)
+            return {k.strip().lower(): (v.strip().strip('"') if eq else None) for k, eq, v in pairs}
+    return None
 
 
 class RawWebSocket:
@@ -207,6 +271,12 @@ class RawWebSocket:
         self.reader = reader
         self.writer = writer
         self._lines: deque[Message] = deque()
+        # The upgrade response's headers, names in lower case.
+        self.response_headers: dict[str, str] = {}
+        # permessage-deflate as the server accepted it (None: not negotiated).
+        self.deflate: dict[str, str | None] | None = None
+        self._compressor: Any = None
+        self._inflater: Any = None
 
     @classmethod
     async def open(
@@ -218,11 +288,19 @@ class RawWebSocket:
         rcvbuf: int | None = None,
         stream_limit: int = 2**16,
         timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
     ) -> RawWebSocket:
-        """Connect and upgrade. ``rcvbuf`` shrinks the kernel's receive buffer."""
+        """Connect and upgrade. ``rcvbuf`` shrinks the kernel's receive buffer.
+
+        ``headers`` are added to the upgrade request (Sec-WebSocket-Extensions,
+        Sec-WebSocket-Protocol...).
+        """
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        # Each write its own segment (asyncio sets this only on sockets made with
+        # proto=IPPROTO_TCP): Nagle would otherwise join the pieces of send_chopped.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(
@@ -234,6 +312,7 @@ class RawWebSocket:
             raise
         self = cls(reader, writer)
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         writer.write(
             (
                 f"GET {path} HTTP/1.1\r\n"
@@ -241,28 +320,78 @@ class RawWebSocket:
                 "Upgrade: websocket\r\n"
                 "Connection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
             ).encode()
         )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        status = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status:
+        status, *lines = head.decode("latin-1").split("\r\n")
+        if " 101 " not in status:
             self.close()
             raise AssertionError(f"upgrade refused: {status!r}")
+        for line in lines:
+            name, colon, value = line.partition(":")
+            if colon:
+                name = name.strip().lower()
+                value = value.strip()
+                seen = self.response_headers.get(name)
+                self.response_headers[name] = f"{seen}, {value}" if seen else value
+        self.deflate = deflate_params(self.response_headers.get("sec-websocket-extensions", ""))
         return self
 
-    async def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True) -> None:
-        self.writer.write(frame_bytes(opcode, payload, fin=fin))
+    # --- sending ----------------------------------------------------------
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are: frames, parts of frames, anything."""
+        self.writer.write(data)
         await self.writer.drain()
+
+    async def send_chopped(self, data: bytes, size: int = 1) -> None:
+        """Write ``data`` ``size`` bytes at a time, letting the server read each piece."""
+        for i in range(0, len(data), size):
+            await self.send_raw(data[i : i + size])
+            for _ in range(3):  # the server shares the loop: let it take this piece
+                await asyncio.sleep(0)
+
+    async def send_frame(
+        self,
+        opcode: int,
+        payload: bytes,
+        *,
+        fin: bool = True,
+        rsv: int = 0,
+        mask: bytes | None = None,
+        masked: bool = True,
+    ) -> None:
+        await self.send_raw(
+            frame_bytes(opcode, payload, fin=fin, rsv=rsv, mask=mask, masked=masked)
+        )
 
     async def send(self, *commands: Message) -> None:
         text = "\n".join(json.dumps(c) for c in commands)
         await self.send_frame(OP_TEXT, text.encode())
 
-    async def read_frame(self, timeout: float = 5.0) -> tuple[int, bytes]:
-        """The next frame from the server (unmasked, unfragmented as ours are)."""
+    def compress(self, message: bytes) -> bytes:
+        """``message`` deflated as RFC 7692 says, for the frames of one compressed message.
 
-        async def read() -> tuple[int, bytes]:
+        The client's window and context takeover are as negotiated; the
+        trailing 00 00 ff ff is removed.
+        """
+        assert self.deflate is not None, "permessage-deflate was not negotiated"
+        bits = self.deflate.get("client_max_window_bits")
+        wbits = int(bits) if bits else 15
+        assert wbits >= 9, "zlib cannot compress within an 8-bit window"
+        if self._compressor is None or "client_no_context_takeover" in self.deflate:
+            self._compressor = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+        data: bytes = self._compressor.compress(message) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+        assert data.endswith(DEFLATE_TAIL)
+        return data[:-4]
+
+    # --- receiving --------------------------------------------------------
+
+    async def read_raw_frame(self, timeout: float = 5.0) -> Frame:
+        """The next frame from the server, as it came (its payload unmasked if it was masked)."""
+
+        async def read() -> Frame:
             b0, b1 = await self.reader.readexactly(2)
             n = b1 & 0x7F
             if n == 126:
@@ -272,10 +401,46 @@ class RawWebSocket:
             mask = await self.reader.readexactly(4) if b1 & 0x80 else b""
             payload = await self.reader.readexactly(n)
             if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            return b0 & 0x0F, payload
+                payload = apply_mask(payload, mask)
+            return Frame(bool(b0 & 0x80), b0 & 0x70, b0 & 0x0F, payload, bool(mask))
 
         return await asyncio.wait_for(read(), timeout)
+
+    def inflate(self, payload: bytes) -> bytes:
+        """A compressed message from the server, inflated (its context kept as negotiated)."""
+        assert self.deflate is not None, "a compressed frame without permessage-deflate"
+        if (
+            self._inflater is None
+            or self._inflater.eof
+            or "server_no_context_takeover" in self.deflate
+        ):
+            self._inflater = zlib.decompressobj(-15)
+        return self._inflater.decompress(payload + DEFLATE_TAIL)  # type: ignore[no-any-return]
+
+    async def read_frame(self, timeout: float = 5.0) -> tuple[int, bytes]:
+        """The next frame from the server (unfragmented as ours are), inflated if compressed."""
+        frame = await self.read_raw_frame(timeout)
+        if frame.rsv & RSV1 and frame.opcode in (OP_TEXT, OP_BINARY):
+            return frame.opcode, self.inflate(frame.payload)
+        return frame.opcode, frame.payload
+
+    async def frames_until_eof(self, timeout: float = 5.0) -> list[Frame]:
+        """Every frame until the server closes the TCP connection, which must be within ``timeout``.
+
+        A reset counts as the end too. Nothing is sent meanwhile: no pong, no close.
+        """
+        frames: list[Frame] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                frames.append(await self.read_raw_frame(max(0.0, left)))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return frames
+            except TimeoutError:
+                raise AssertionError(
+                    f"the server kept the TCP connection open for {timeout}s"
+                ) from None
 
     async def recv(self, timeout: float = 5.0) -> Message:
         """The next reply or push (pings answered)."""

@@ -13,7 +13,8 @@ does and the library leaves to its user, so both paths give the same outcome
   cannot pile up behind a client that does not read;
 * a failed connection half-closes TCP after its close frame and drops the
   rest unread, so the client gets the close before the end of the stream
-  instead of a reset (RFC 6455 7.1.7).
+  instead of a reset (RFC 6455 7.1.7);
+* invalid UTF-8 closes with 1007 without an error log per offending client.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from websockets.server import ServerProtocol
 
 from ..config import Settings
 from ..websocket.handshake import deflate_extensions
-from ..websocket.reader import MESSAGE_TOO_BIG
+from ..websocket.reader import INVALID_DATA, MESSAGE_TOO_BIG
 
 
 class AsgiWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -69,6 +70,19 @@ class AsgiWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self._fragments += 1
         super().handle_cont(event)
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn logs a traceback at ERROR for every text message that is not
+        # UTF-8, so any client could flood the error log: fail with 1007 quietly.
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.conn.fail(INVALID_DATA, "invalid utf-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
 
     def handle_parser_exception(self) -> None:
         """Send the close, half-close TCP, and read (dropping) until the client's EOF."""

@@ -12,8 +12,9 @@ the I/O-free pieces of ``tidings.websocket``:
   checks every rule on the header, before any payload is kept; on a fault
   the close goes out, the TCP connection is half-closed and nothing more is
   read (RFC 6455 7.1.7);
-* while the socket does not take what we write, we stop reading, so nothing
-  the reader answers (pongs, closes) piles up, and neither do commands;
+* while the socket does not take what we write, we stop reading (and acting
+  on what was read), so nothing the reader answers (pongs, closes) piles up,
+  and neither do commands;
 * an idle connection holds this object, its session, a reader and a few timer
   handles: no task and no coroutine stack (a reader task exists only while
   commands are being handled, a writer task only while the socket is backed up);
@@ -266,7 +267,10 @@ class DirectWebSocket(asyncio.Protocol):
             return
         self._writable = True
         self._wake_writer()
-        self._update_reading()
+        if self._frames is not None and self._frames.buffered:
+            self._read_frames()  # what was left while the socket was full
+        else:
+            self._update_reading()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: tell the client to reconnect elsewhere."""
@@ -320,11 +324,19 @@ class DirectWebSocket(asyncio.Protocol):
     # --- reading ----------------------------------------------------------
 
     def _read_frames(self) -> None:
-        """Turn buffered bytes into messages until the inbox is full; answer the last ping."""
+        """Act on buffered frames while the inbox has room and the socket takes our writes.
+
+        What is left stays in the reader (at most one read's worth) until both
+        hold again: a flood of pings from a client that does not read costs
+        no more than the socket's buffer in pongs.
+        """
         frames = self._frames
-        pong: bytes | None = None
         inbox = self._inbox
-        while frames is not None and (inbox is None or len(inbox) < INBOX_HIGH_WATER):
+        while (
+            frames is not None
+            and self._writable
+            and (inbox is None or len(inbox) < INBOX_HIGH_WATER)
+        ):
             event = frames.next_event()
             if event is None:
                 break
@@ -332,9 +344,8 @@ class DirectWebSocket(asyncio.Protocol):
                 self._deliver(event)
                 inbox = self._inbox
             elif isinstance(event, Ping):
-                # Only the latest ping of a batch is answered (RFC 6455 5.5.3 allows it):
-                # a flood of pings costs one pong per read, not one per ping.
-                pong = event.payload
+                if not self._close_sent:
+                    self._write(frame_header(OP_PONG, len(event.payload)) + event.payload)
             elif isinstance(event, CloseReceived):
                 self._peer_closed(event)
                 return
@@ -344,8 +355,6 @@ class DirectWebSocket(asyncio.Protocol):
             else:
                 assert isinstance(event, Pong)  # unsolicited or ours: nothing to do
             frames = self._frames  # None once a message closed the connection
-        if pong is not None and not self._close_sent:
-            self._write(frame_header(OP_PONG, len(pong)) + pong)
         self._update_reading()
 
     def _deliver(self, message: str | bytes) -> None:
