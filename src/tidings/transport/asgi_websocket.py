@@ -11,6 +11,8 @@ does and the library leaves to its user, so both paths give the same outcome
 * at most ``websocket_max_fragments`` frames per message (1009 past it);
 * no reading while the socket does not take our writes, so pongs and replies
   cannot pile up behind a client that does not read;
+* a long read is parsed a slice per loop turn, so that one client's burst of
+  tiny frames does not hold up everyone else;
 * a failed connection half-closes TCP after its close frame and drops the
   rest unread, so the client gets the close before the end of the stream
   instead of a reset (RFC 6455 7.1.7);
@@ -30,6 +32,9 @@ from ..config import Settings
 from ..websocket.handshake import deflate_extensions
 from ..websocket.reader import INVALID_DATA, MESSAGE_TOO_BIG
 
+# Bytes of one client parsed per loop turn (the library parses all it is given at once).
+READ_SLICE = 16 * 1024
+
 
 class AsgiWebSocketProtocol(WebSocketsSansIOProtocol):
     """One WebSocket served over ASGI, under Tidings' limits."""
@@ -45,13 +50,39 @@ class AsgiWebSocketProtocol(WebSocketsSansIOProtocol):
         self._fragments = 0
         self._write_paused = False
         self._failed = False
+        # What is left of a long read, parsed a slice per loop turn.
+        self._backlog = bytearray()
 
     # --- limits on what the client sends ------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._failed:
             return  # after a failure, everything is dropped unread until the client hangs up
+        if self._backlog:
+            self._backlog += data
+            return
+        if len(data) > READ_SLICE:
+            # One read may hold tens of thousands of frames: parse a slice per
+            # loop turn, with reading paused, so that other clients are served between.
+            self._backlog = bytearray(data[READ_SLICE:])
+            data = data[:READ_SLICE]
+            self.transport.pause_reading()
+            self.loop.call_soon(self._parse_backlog)
         super().data_received(data)
+
+    def _parse_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, bytearray()
+        if self._failed or self.transport.is_closing():
+            return
+        if len(backlog) > READ_SLICE:
+            self._backlog = backlog[READ_SLICE:]
+            self.loop.call_soon(self._parse_backlog)
+        super().data_received(bytes(backlog[:READ_SLICE]))
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if not (self.read_paused or self._write_paused or self._backlog or self._failed):
+            self.transport.resume_reading()
 
     def handle_text(self, event: Frame) -> None:
         self._fragments = 1
@@ -113,16 +144,14 @@ class AsgiWebSocketProtocol(WebSocketsSansIOProtocol):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._write_paused = False
-        if not self.read_paused:
-            self.transport.resume_reading()
+        self._resume_reading()
 
     async def receive(self) -> Any:
-        # uvicorn's, except that reading stays paused while writes are.
+        # uvicorn's, except that reading stays paused while writes or a backlog are.
         message = await self.queue.get()
         if self.read_paused and self.queue.empty():
             self.read_paused = False
-            if not self._write_paused:
-                self.transport.resume_reading()
+            self._resume_reading()
         return message
 
 

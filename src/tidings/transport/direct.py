@@ -66,6 +66,8 @@ PATH = "/connection/websocket"
 CLOSE_TIMEOUT = 5.0
 # Messages from one client waiting to be handled before reading pauses.
 INBOX_HIGH_WATER = 64
+# Frames of one client acted on per loop turn (a few hundred microseconds).
+EVENTS_PER_TURN = 256
 
 
 class _FrameCache:
@@ -171,6 +173,7 @@ class DirectWebSocket(asyncio.Protocol):
         "_frames",
         "_inbox",
         "_kwargs",
+        "_more",
         "_opcode",
         "_reader",
         "_reading",
@@ -206,6 +209,8 @@ class DirectWebSocket(asyncio.Protocol):
         # Messages read and not yet handled, and the task handling them.
         self._inbox: deque[str | bytes] | None = None
         self._reader: asyncio.Task[None] | None = None
+        # The next turn's share of a long read (see _read_frames).
+        self._more: asyncio.Handle | None = None
         self._reading = True
         self._writable = True
         self._drain: asyncio.Event | None = None
@@ -247,6 +252,8 @@ class DirectWebSocket(asyncio.Protocol):
             return
         self._connections.discard(self)
         self._frames = None
+        if self._more is not None:
+            self._more.cancel()
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._writable = True
@@ -267,7 +274,7 @@ class DirectWebSocket(asyncio.Protocol):
             return
         self._writable = True
         self._wake_writer()
-        if self._frames is not None and self._frames.buffered:
+        if self._frames is not None and self._frames.buffered and self._more is None:
             self._read_frames()  # what was left while the socket was full
         else:
             self._update_reading()
@@ -330,13 +337,23 @@ class DirectWebSocket(asyncio.Protocol):
         hold again: a flood of pings from a client that does not read costs
         no more than the socket's buffer in pongs.
         """
+        if self._more is not None:
+            self._more.cancel()  # called before its turn came: this call does its work
+            self._more = None
         frames = self._frames
         inbox = self._inbox
+        budget = EVENTS_PER_TURN
         while (
             frames is not None
             and self._writable
             and (inbox is None or len(inbox) < INBOX_HIGH_WATER)
         ):
+            if not budget:
+                # One read may hold tens of thousands of frames: act on the rest
+                # next turn, so that other clients are served in between.
+                self._more = asyncio.get_running_loop().call_soon(self._read_frames)
+                break
+            budget -= 1
             event = frames.next_event()
             if event is None:
                 break
@@ -390,7 +407,11 @@ class DirectWebSocket(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Read while the socket takes our writes and the inbox has room; else pause."""
         inbox = self._inbox
-        wanted = self._writable and (inbox is None or len(inbox) < INBOX_HIGH_WATER)
+        wanted = (
+            self._writable
+            and self._more is None
+            and (inbox is None or len(inbox) < INBOX_HIGH_WATER)
+        )
         wanted = wanted or self._frames is None  # closing: read (and drop) until EOF
         transport = self.transport
         if wanted != self._reading and transport is not None and not transport.is_closing():
