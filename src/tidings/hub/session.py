@@ -568,10 +568,9 @@ class Session:
             await self._replies_drained()
             if self.closed_already:
                 return
-        handler = getattr(self, f"_cmd_{command.method.value}")
         outcome = "ok"
         try:
-            result: Result | None = await handler(command.request)
+            result: Result | None = await _HANDLERS[command.method](self, command.request)
             if result is not None and command.id and self.state is not State.CLOSED:
                 reply = self.format.encode_reply(command.id, command.method, result)
                 self._send_encoded(reply, reply=True)
@@ -987,6 +986,10 @@ class Session:
         self._update_deadline()
         expires, ttl = self._ttl(claims.expires_at)
         return SubRefreshResult(expires=expires, ttl=ttl)
+
+
+# Each method's handler, found once here rather than by name for every command.
+_HANDLERS: dict[Method, Any] = {m: getattr(Session, f"_cmd_{m.value}") for m in Method}
 
 
 def _loads(data: bytes | None) -> Any:

@@ -236,6 +236,23 @@ _DECODERS: dict[Method, Callable[[Obj], Request]] = {
 _KNOWN_KEYS = frozenset(m.value for m in Method) | {"id"}
 
 
+# Methods by name, and in the order that decides when a command names several.
+_METHODS = {m.value: m for m in Method}
+_METHOD_ORDER = tuple(Method)
+
+
+def _method_of(obj: Obj) -> Method | None:
+    """The method a command asks for: its one method key, the first in order if several."""
+    found: Method | None = None
+    for key, value in obj.items():  # a command has two keys, Method has twelve
+        method = _METHODS.get(key)
+        if method is not None and value is not None:
+            if found is not None:
+                return next(m for m in _METHOD_ORDER if obj.get(m.value) is not None)
+            found = method
+    return found
+
+
 def _bad_request() -> DisconnectError:
     return DisconnectError.of(DisconnectCode.BAD_REQUEST)
 
@@ -259,7 +276,7 @@ def decode_command(line: bytes | str) -> Command | BadCommand:
     except _WrongType:
         raise _bad_request() from None
 
-    method = next((m for m in Method if obj.get(m.value) is not None), None)
+    method = _method_of(obj)
     if method is None:
         if command_id == 0:
             return Command(id=0, method=None, request=None)  # an empty command is a pong
