@@ -28,9 +28,9 @@ from rich.progress import (
 
 from . import report
 from .orchestrator import GeneratorPool
-from .scenarios import CHANNEL, CHAT_CHANNEL, SCALES, Runner, Scale
+from .scenarios import CHANNEL, CHAT, CHAT_CHANNEL, SCALES, Runner, Scale
 
-SCENARIOS = "abcdefg"
+SCENARIOS = "abcdefghijkl"
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 
@@ -49,9 +49,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated: tidings,fastapi,socketio,bare",
     )
     parser.add_argument(
-        "--scenarios", default=SCENARIOS, help="letters of the scenarios to run (default abcdefg)"
+        "--scenarios",
+        "--only",
+        default=SCENARIOS,
+        help=f"letters of the scenarios to run, e.g. --only hijkl (default {SCENARIOS})",
     )
     parser.add_argument("--processes", type=int, help="load generator processes")
+    parser.add_argument(
+        "--redis-query",
+        default="",
+        help="query appended to Tidings' redis:// broker URL, e.g. max_connections=1000",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -90,10 +98,14 @@ def plan(
     def add(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> None:
         jobs.append(lambda: fn(*args, **kwargs))
 
+    configs = (*scale.pubsub_subs, CHAT)
     if "a" in scenarios:
         for subs in scale.fanout_subs:
             for p in peers:
                 add(runner.fanout, p, subs)
+        for subs in scale.fanout_client_subs:
+            for p in peers:
+                add(runner.fanout_client, p, subs)
     if "b" in scenarios:
         for rate in scale.latency_rates:
             for p in peers:
@@ -117,6 +129,40 @@ def plan(
             add(runner.storm, "tidings", CHAT_CHANNEL, scale.chat_storm_conns)
     if "g" in scenarios and "tidings" in peers:
         add(runner.recovery, "tidings")
+    if "h" in scenarios:
+        for p in peers:
+            add(runner.roundtrip, p)
+    if "i" in scenarios:
+        for config in configs:
+            for p in peers:
+                add(runner.pubsub, p, config)
+    if "j" in scenarios:
+        for clients in scale.api_clients:
+            for p in peers:
+                add(runner.api, p, clients)
+    if "k" in scenarios and "tidings" in peers:
+        # Tidings on Redis, against Tidings on memory in the same run.
+        subs = scale.redis_fanout_subs
+        if "a" not in scenarios or subs not in scale.fanout_subs:
+            add(runner.fanout, "tidings", subs)
+        if "a" not in scenarios or subs not in scale.fanout_client_subs:
+            add(runner.fanout_client, "tidings", subs)
+        if "h" not in scenarios:
+            add(runner.roundtrip, "tidings")
+        if "i" not in scenarios:
+            for config in configs:
+                add(runner.pubsub, "tidings", config)
+        for nodes in scale.redis_nodes:
+            add(runner.fanout, "tidings", subs, broker="redis", nodes=nodes)
+            add(runner.fanout_client, "tidings", subs, broker="redis", nodes=nodes)
+            add(runner.roundtrip, "tidings", broker="redis", nodes=nodes)
+            for config in configs:
+                add(runner.pubsub, "tidings", config, broker="redis", nodes=nodes)
+    if "l" in scenarios:
+        for p in peers:
+            add(runner.connect_storm, p)
+        if "tidings" in peers:
+            add(runner.connect_storm, "tidings", broker="redis")
     if profile and "tidings" in peers:
         subs = min(1000, max(scale.fanout_subs))
         add(runner.fanout, "tidings", subs, runner.log_dir / f"profile-tidings-{subs}.txt")
@@ -126,15 +172,14 @@ def plan(
 def _line(entry: dict[str, Any]) -> str:
     """One line per finished run for the console."""
     head = f"{entry['peer']:<8} {entry['scenario']:<8}"
-    params = " ".join(
-        f"{k}={entry[k]}"
-        for k in ("subs", "channels", "conns", "size", "deflate", "with_slow", "channel", "clients")
-        if k in entry
-    )
+    keys = ("subs", "config", "channels", "conns", "size", "deflate", "with_slow", "channel")
+    params = " ".join(f"{k}={entry[k]}" for k in (*keys, "clients") if k in entry)
+    if entry.get("broker", "memory") != "memory" or entry.get("nodes", 1) != 1:
+        params += f" broker={entry.get('broker')} nodes={entry.get('nodes')}"
     if "error" in entry:
         return f"{head} {params}: [red]error[/red] {entry['error']}"
     s = entry["scenario"]
-    if s in ("fanout", "channels", "profile"):
+    if s in ("fanout", "fanout_client", "channels", "profile"):
         lost = entry.get("lost", 0)
         tail = f"{entry['rate']:,.0f} msg/s" + (f", [red]lost {lost:,}[/red]" if lost else "")
     elif s == "latency":
@@ -150,6 +195,35 @@ def _line(entry: dict[str, Any]) -> str:
             tail += f", slow client close code {slow.get('close_code')}"
     elif s == "storm":
         tail = f"{entry['rate']:,.0f} connects/s"
+    elif s == "roundtrip":
+        tail = ", ".join(
+            f"{mode.replace('_', '-')} p50 {entry[mode]['p50_ms']:.2f} ms "
+            f"p99 {entry[mode]['p99_ms']:.2f} ms"
+            for mode in ("back_to_back", "paced")
+        )
+    elif s == "pubsub":
+        best = entry["sustainable"]
+        tail = (
+            f"{best['publications_per_second']:,.0f} publications/s "
+            f"({best['deliveries_per_second']:,.0f} deliveries/s), p99 {best['p99_ms']:.1f} ms"
+            if best
+            else "[red]no rate passed[/red]"
+        )
+        tail += f" ({len(entry['steps'])} steps" + ("" if entry["limit_found"] else ", no limit")
+        tail += ")" + (f", [red]lost {entry['lost']:,}[/red]" if entry["lost"] else "")
+    elif s == "api":
+        tail = (
+            f"{entry['rate']:,.0f} publications/s, request p50 {entry['request']['p50_ms']:.1f} "
+            f"ms p99 {entry['request']['p99_ms']:.1f} ms"
+        )
+        if entry["lost"] or entry["http_errors"]:
+            tail += f", [red]lost {entry['lost']:,}, errors {entry['http_errors']}[/red]"
+    elif s == "connect_storm":
+        until = entry["seconds_all"]
+        tail = f"{entry['connected']:,} subscribed in " + (f"{until:.2f} s" if until else "-")
+        tail += f", {entry['refused']:,} refused" + (
+            f" {entry['connect_errors']}" if entry["refused"] else ""
+        )
     elif s == "recovery":
         tail = (
             f"{entry['reconnected']:,} back in {entry['seconds']:.2f} s, "
@@ -194,6 +268,7 @@ async def run(args: argparse.Namespace, scale: Scale, peers: list[str], command:
 
     runner = Runner(scale, pool, out, on_step, on_done)
     runner.server_cpus = server_cpus
+    runner.redis_query = args.redis_query
     jobs = plan(runner, scale, peers, args.scenarios, not args.no_profile)
     progress.update(task, total=len(jobs))
     console.print(

@@ -10,6 +10,11 @@ time out of the frame with one regular expression. Two dialects:
 - ``socketio``: Engine.IO v4 WebSocket framing by hand (``0{...}`` open,
   ``40`` connect, ``421[...]`` event with an ack, ``431[...]`` the ack,
   ``42["pub",...]`` events, ``2``/``3`` ping/pong).
+
+A client may also publish (:meth:`Client.publish`): the Centrifugo
+``publish`` command, or the Socket.IO event ``publish`` with an ack (ids from
+2 up; the acks are not read). ``on_pub``, when set, is called with the
+receipt time of each publication: the round trip of (h) waits on it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import re
 import time
 import zlib
 from array import array
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,6 +32,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 _SEND_TIME = re.compile(rb'"t":([0-9.]+)')
 _PUB = b'"pub":'
+_ERROR = b'"error":'
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
 CONNECTING, SUBSCRIBED, CLOSED = 0, 1, 2
@@ -64,6 +71,13 @@ class Client(WSListener):
         self.recovered: bool | None = None
         self.recovered_count = 0
         self.error = ""
+        # Publishing: the next command id, the channel as JSON, errors in replies.
+        self.on_pub: Callable[[float], None] | None = None
+        self.fanout = 0  # members of its channel, when it publishes there
+        self.published = 0
+        self.command_errors = 0
+        self._next_id = 3 if dialect == "centrifugo" else 2
+        self._channel_json = orjson.dumps(channel)
 
     # --- picows callbacks ---------------------------------------------------
 
@@ -111,12 +125,16 @@ class Client(WSListener):
             append = self.latency.append
             for t in _SEND_TIME.findall(data):
                 append(now - float(t))
+        if self.on_pub is not None:
+            self.on_pub(now)
 
     def _centrifugo(self, transport: WSTransport, data: bytes) -> None:
         if self.state is SUBSCRIBED:
             n = data.count(_PUB)
             if n:
                 self._received(data, n)
+            if self.published and _ERROR in data:
+                self.command_errors += data.count(_ERROR)
         else:
             for line in data.split(b"\n"):
                 if line.startswith(b'{"push"'):
@@ -158,12 +176,33 @@ class Client(WSListener):
             transport.send(WSMsgType.TEXT, b"40")
         elif data.startswith(b"40"):
             transport.send(WSMsgType.TEXT, self.hello)
-        elif data.startswith(b"431"):
+        elif data.startswith(b"431["):
             self._on_subscribed()
         elif data.startswith(b"44"):
             self.error = data.decode(errors="replace")
             if not self.subscribed.done():
                 self.subscribed.set_exception(ConnectionError(self.error))
+
+    # --- publishing -------------------------------------------------------------
+
+    def publish(self, data: bytes) -> bool:
+        """Publish ``data`` (a JSON object) to its channel; False if it is closed."""
+        transport = self.transport
+        if transport is None or self.state is not SUBSCRIBED:
+            return False
+        n = self._next_id
+        self._next_id = n + 1
+        if self.dialect == "centrifugo":
+            message = b'{"id":%d,"publish":{"channel":%b,"data":%b}}' % (
+                n,
+                self._channel_json,
+                data,
+            )
+        else:
+            message = b'42%d["publish",{"channel":%b,"data":%b}]' % (n, self._channel_json, data)
+        transport.send(WSMsgType.TEXT, message)
+        self.published += 1
+        return True
 
     # --- control ----------------------------------------------------------------
 

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,9 +41,19 @@ def free_port() -> int:
 class ServerProc:
     """One peer server in its own process, driven over stdin/stdout."""
 
-    def __init__(self, peer: str, log_dir: Path, cpus: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        peer: str,
+        log_dir: Path,
+        cpus: set[int] | None = None,
+        *,
+        broker: str | None = None,
+        node: int = 0,
+    ) -> None:
         self.peer = peer
         self.cpus = cpus
+        self.broker = broker  # Tidings only: a redis:// URL (None: its memory broker)
+        self.node = node  # 0, or 1 for the second node of a deployment on Redis
         self.port = free_port()
         self.log_dir = log_dir
         self.proc: asyncio.subprocess.Process | None = None
@@ -65,10 +77,13 @@ class ServerProc:
         return "socketio" if self.peer == "socketio" else "centrifugo"
 
     async def start(self, timeout: float = 30.0) -> None:
-        log = open(os.path.join(self.log_dir, f"server-{self.peer}.log"), "ab")  # noqa: ASYNC230
+        name = self.peer + ("-redis" if self.broker else "")
+        name += f"-node{self.node}" if self.node else ""
+        log = open(os.path.join(self.log_dir, f"server-{name}.log"), "ab")  # noqa: ASYNC230
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
         root = ROOT
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        broker = ["--broker", self.broker] if self.broker else []
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -78,6 +93,7 @@ class ServerProc:
             HOST,
             "--port",
             str(self.port),
+            *broker,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -169,6 +185,124 @@ class ServerProc:
                 await asyncio.wait_for(self.proc.wait(), 10)
         if self._reader is not None:
             self._reader.cancel()
+
+
+class RedisProc:
+    """A redis-server of the run's own (Debian's binary) on a free loopback port, no persistence."""
+
+    BINARY = "/usr/bin/redis-server"
+
+    def __init__(self, log_dir: Path, cpus: set[int] | None = None) -> None:
+        self.log_dir = log_dir
+        self.cpus = cpus
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ps: psutil.Process | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    @classmethod
+    def binary(cls) -> str | None:
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        return cls.BINARY if os.path.exists(cls.BINARY) else None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        binary = self.binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self._dir = tempfile.TemporaryDirectory(prefix="tidings-bench-redis-")
+        self.proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            self._dir.name,
+            "--logfile",
+            str(self.log_dir / "redis.log"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        if self.cpus:
+            os.sched_setaffinity(self.proc.pid, self.cpus)
+        deadline = time.monotonic() + timeout
+        while not await self._ping():
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server did not answer on port {self.port}")
+            await asyncio.sleep(0.01)
+
+    async def _ping(self) -> bool:
+        try:
+            async with asyncio.timeout(0.5):
+                reader, writer = await asyncio.open_connection(HOST, self.port)
+                try:
+                    writer.write(b"PING\r\n")
+                    return (await reader.readline()).startswith(b"+PONG")
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return False
+
+    def cpu(self) -> float:
+        if self.ps is None:
+            return 0.0
+        try:
+            times = self.ps.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
+    def rss(self) -> int:
+        if self.ps is None:
+            return 0
+        try:
+            return int(self.ps.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+def _find_prctl() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()  # looked up here, so the child only calls it
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the benchmark dies (PR_SET_PDEATHSIG)."""
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGKILL))
 
 
 class GeneratorPool:

@@ -1,4 +1,8 @@
-"""Turning a run's results into results.json, results.md and PNG plots."""
+"""Turning a run's results into results.json, results.md and PNG plots.
+
+The scenarios where clients publish (issue 12) are reported by
+:mod:`bench.report_publishing`, called from here.
+"""
 
 from __future__ import annotations
 
@@ -78,11 +82,17 @@ def versions() -> dict[str, str]:
 # --- reading the results ------------------------------------------------------------
 
 
+# Where a run ran, when a lookup does not say: Tidings' memory broker, one node.
+DEPLOYMENT = {"broker": "memory", "nodes": 1}
+
+
 def _find(runs: list[dict[str, Any]], scenario: str, **match: Any) -> list[dict[str, Any]]:
+    match = {**DEPLOYMENT, **match}
     return [
         r
         for r in runs
-        if r["scenario"] == scenario and all(r.get(k) == v for k, v in match.items())
+        if r["scenario"] == scenario
+        and all(r.get(k, DEPLOYMENT.get(k)) == v for k, v in match.items())
     ]
 
 
@@ -207,6 +217,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "met": bool(codes) and all(c == 3008 for c in codes),
             }
         )
+    from . import report_publishing
+
+    summary["publishing"] = report_publishing.summarize(runs)
     return summary
 
 
@@ -512,6 +525,10 @@ def markdown(results: dict[str, Any]) -> str:
             )
         )
         out.append("")
+    if "publishing" in summary:
+        from . import report_publishing
+
+        out += report_publishing.markdown(runs, summary["publishing"])
     prof = results.get("profile")
     if prof and prof.get("samples"):
         out += [
@@ -701,4 +718,7 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("connects + subscribes per second")
         ax.set_title(f"(f) Connection storm, {storm[0]['conns']:,} clients")
         save(fig, "storm.png")
+    from . import report_publishing
+
+    report_publishing.plots(runs, out, save, plt)
     return made

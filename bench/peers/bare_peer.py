@@ -5,6 +5,10 @@ and the same bytes are written to each subscriber's transport, one
 ``write`` per message per subscriber. It has no backpressure at all (a client
 that stops reading grows its transport buffer) and no compression: it is the
 per-message ceiling of the event loop, not a server to deploy.
+
+A client's publish command is parsed (one JSON line) and written to every
+subscriber's transport the same way, then answered; ``POST /api/publish``
+(HTTP/1.1 keep-alive, parsed by hand like the handshake) does the same.
 """
 
 from __future__ import annotations
@@ -16,15 +20,27 @@ import os
 import struct
 from typing import Any, cast
 
+import orjson
 import uvloop
 
-from .common import Control, hello_reply, push_line, raise_nofile_limit
+from .common import (
+    API_KEY,
+    PUBLISH_PATH,
+    Control,
+    client_publish,
+    hello_reply,
+    publish_reply,
+    push_line,
+    raise_nofile_limit,
+)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEADER = 16 * 1024
 MAX_FRAME = 1 << 20
 
 channels: dict[str, set[asyncio.Transport]] = {}
+offset = 0  # publications from clients and the API
+HTTP_OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n"
 
 
 def frame(opcode: int, payload: bytes) -> bytes:
@@ -57,31 +73,59 @@ class BareProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if not self.open:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEADER:
-                    self._fail()
-                return
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            self._handshake(head)
-        self._frames()
+            self._requests()
+        if self.open:
+            self._frames()
 
     def _fail(self) -> None:
         assert self.transport is not None
         self.transport.abort()
 
-    def _handshake(self, head: str) -> None:
+    def _requests(self) -> None:
+        """HTTP/1.1 requests until one upgrades to WebSocket (keep-alive, by hand)."""
         assert self.transport is not None
-        key = ""
-        for line in head.split("\r\n")[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "sec-websocket-key":
-                key = value.strip()
-        if not key:
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-            self.transport.close()
+        while not self.open and not self.transport.is_closing():
+            buf = self.buffer
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEADER:
+                    self._fail()
+                return
+            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if "sec-websocket-key" in headers:
+                del buf[: end + 4]
+                self._handshake(headers["sec-websocket-key"])
+                return
+            length = int(headers.get("content-length") or 0)
+            if length > MAX_FRAME:
+                self._fail()
+                return
+            if len(buf) < end + 4 + length:
+                return
+            body = bytes(buf[end + 4 : end + 4 + length])
+            del buf[: end + 4 + length]
+            self._http(lines[0], headers, body)
+
+    def _http(self, request_line: str, headers: dict[str, str], body: bytes) -> None:
+        assert self.transport is not None
+        method, _, rest = request_line.partition(" ")
+        path = rest.partition(" ")[0]
+        if method != "POST" or path != PUBLISH_PATH:
+            self.transport.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
             return
+        if headers.get("x-api-key") != API_KEY:
+            self.transport.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+            return
+        request = orjson.loads(body)
+        publish_from_client(request["channel"], orjson.dumps(request["data"]))
+        self.transport.write(HTTP_OK + b'{"result":{}}')
+
+    def _handshake(self, key: str) -> None:
+        assert self.transport is not None
         accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest())
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
@@ -136,6 +180,12 @@ class BareProtocol(asyncio.Protocol):
             self.channel, reply = hello
             transport.write(frame(0x1, reply))
             channels.setdefault(self.channel, set()).add(transport)
+        elif opcode == 0x1:
+            command = client_publish(payload)
+            if command is not None:
+                command_id, channel, data = command
+                publish_from_client(channel, data)
+                transport.write(frame(0x1, publish_reply(command_id)))
 
 
 def publish(channel: str, data: bytes, seq: int) -> None:
@@ -145,6 +195,12 @@ def publish(channel: str, data: bytes, seq: int) -> None:
     framed = frame(0x1, push_line(channel, data, seq))
     for transport in subscribers:
         transport.write(framed)
+
+
+def publish_from_client(channel: str, data: bytes) -> None:
+    global offset
+    offset += 1
+    publish(channel, data, offset)
 
 
 async def serve(host: str, port: int) -> None:

@@ -11,6 +11,12 @@ stdout. Commands:
 - ``{"cmd": "watch_slow"}``: the peer reports ``{"event": "slow_disconnect"}``
   once it has disconnected a client for being slow (only Tidings does).
 - ``{"cmd": "stop"}`` (or stdin closing) ends the process.
+
+Publications also come from clients (issue 12): a client sends the
+Centrifugo ``publish`` command, ``{"id":N,"publish":{"channel":C,"data":D}}``,
+one per frame, and gets the reply ``{"id":N,"publish":{}}``; and from HTTP,
+``POST /api/publish`` with the header ``X-API-Key`` and the body
+``{"channel":C,"data":D}``, answered ``{"result":{}}``. Every peer accepts both.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+# The server API's key (Tidings' api_key in the benchmark; the other peers check the same).
+API_KEY = "bench"
+PUBLISH_PATH = "/api/publish"
 
 # publish(channel, data, seq): data is the publication's JSON payload, encoded once.
 PublishFn = Callable[[str, bytes, int], Awaitable[None] | None]
@@ -66,6 +76,24 @@ def hello_reply(frame: bytes | str) -> tuple[str, bytes] | None:
     if not isinstance(channel, str):
         return None
     return channel, b'{"id":1,"connect":{"client":"peer"}}\n{"id":2,"subscribe":{}}'
+
+
+def client_publish(frame: bytes | str) -> tuple[int, str, bytes] | None:
+    """A client's publish command as (id, channel, data), or None for anything else."""
+    try:
+        command = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(command, dict):
+        return None
+    publish = command.get("publish")
+    if not isinstance(publish, dict) or not isinstance(publish.get("channel"), str):
+        return None
+    return int(command.get("id", 0)), publish["channel"], orjson.dumps(publish.get("data"))
+
+
+def publish_reply(command_id: int) -> bytes:
+    return b'{"id":%d,"publish":{}}' % command_id
 
 
 @dataclass(slots=True)

@@ -2,24 +2,40 @@
 
 From the FastAPI documentation's WebSocket chapter, with rooms (a list per
 channel) so it can serve more than one channel: ``broadcast`` awaits
-``send_text`` for each subscriber in turn. Run by uvicorn with its defaults
-(uvloop, httptools, the websockets-sansio protocol) at log level warning.
+``send_text`` for each subscriber in turn. A client's publish command is
+broadcast the same way from its endpoint's receive loop (the chapter's chat
+example), and ``POST /api/publish`` is an ordinary FastAPI route with a
+pydantic body that broadcasts too. Run by uvicorn with its defaults (uvloop,
+httptools, the websockets-sansio protocol) at log level warning.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import uvicorn
 import uvloop
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel
 
-from .common import Control, hello_reply, push_line, raise_nofile_limit, serve_under_control
+from .common import (
+    API_KEY,
+    PUBLISH_PATH,
+    Control,
+    client_publish,
+    hello_reply,
+    publish_reply,
+    push_line,
+    raise_nofile_limit,
+    serve_under_control,
+)
 
 
 class ConnectionManager:
     def __init__(self) -> None:
         self.active_connections: dict[str, list[WebSocket]] = {}
+        self.offset = 0  # publications from clients and the API
 
     async def connect(self, websocket: WebSocket) -> str | None:
         await websocket.accept()
@@ -44,6 +60,10 @@ class ConnectionManager:
             except Exception:  # gone: the endpoint's receive loop removes it
                 pass
 
+    async def publish(self, channel: str, data: bytes) -> None:
+        self.offset += 1
+        await self.broadcast(channel, push_line(channel, data, self.offset).decode())
+
 
 manager = ConnectionManager()
 app = FastAPI()
@@ -56,11 +76,31 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     try:
         while True:
-            await websocket.receive_text()  # pongs ("{}") and nothing else
+            text = await websocket.receive_text()  # pongs ("{}") and publish commands
+            command = client_publish(text)
+            if command is not None:
+                command_id, to, data = command
+                await manager.publish(to, data)
+                await websocket.send_text(publish_reply(command_id).decode())
     except WebSocketDisconnect:
         manager.disconnect(channel, websocket)
     except Exception:
         manager.disconnect(channel, websocket)
+
+
+class PublishRequest(BaseModel):
+    channel: str
+    data: dict[str, Any]
+
+
+@app.post(PUBLISH_PATH)
+async def api_publish(
+    body: PublishRequest, x_api_key: str | None = Header(default=None)
+) -> dict[str, Any]:
+    if x_api_key != API_KEY:
+        raise HTTPException(status_code=401)
+    await manager.publish(body.channel, orjson.dumps(body.data))
+    return {"result": {}}
 
 
 async def serve(host: str, port: int) -> None:

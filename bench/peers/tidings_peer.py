@@ -7,6 +7,14 @@ publications, 10 minutes) and forced recovery, as on the built-in ``chat``
 namespace, but without ``chat``'s join/leave pushes to every subscriber, whose
 cost grows with the square of the subscribers (the benchmark measures that
 apart, in the connection storm on ``chat:*``).
+
+Two more settings differ for the scenarios where clients publish (issue 12).
+The per-connection command rate limit (default 100 commands/s, burst 200)
+is raised out of reach: one client publishing back-to-back, as in (h), sends
+thousands a second, and none of the other designs has a limit (the bucket is
+still checked on every command). And ``--broker`` selects the broker:
+``memory://`` (the default) or a ``redis://`` URL; two processes on the same
+Redis are two nodes of one deployment.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from tidings import Settings, Tidings
 from tidings.config import NamespaceOptions
 from tidings.server import build_server
 
-from .common import Control, raise_nofile_limit, serve_under_control
+from .common import API_KEY, Control, raise_nofile_limit, serve_under_control
 
 # The benchmark's secret: the generators mint connection tokens with it.
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
@@ -37,14 +45,21 @@ LIVE = NamespaceOptions(
 )
 
 
-async def serve(host: str, port: int) -> None:
+# Commands per second and burst per connection: far above anything the benchmark sends.
+COMMAND_RATE = 1_000_000
+
+
+async def serve(host: str, port: int, broker: str = "memory://") -> None:
     for name in [k for k in os.environ if k.startswith("TIDINGS_")]:
         del os.environ[name]  # the defaults, whatever the caller's environment says
     with tempfile.TemporaryDirectory(prefix="tidings-bench-") as data_dir:
         settings = Settings.load(
             secret=SECRET,
-            api_key="bench",
+            api_key=API_KEY,
             data_dir=data_dir,
+            broker_url=broker,
+            command_rate=COMMAND_RATE,
+            command_burst=COMMAND_RATE,
             log_level="warning",
             namespaces={"live": LIVE},
         )
@@ -73,6 +88,6 @@ async def serve(host: str, port: int) -> None:
         await serve_under_control(server, control)
 
 
-def run(host: str, port: int) -> None:
+def run(host: str, port: int, broker: str = "memory://") -> None:
     raise_nofile_limit()
-    uvloop.run(serve(host, port))
+    uvloop.run(serve(host, port, broker))

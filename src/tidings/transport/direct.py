@@ -403,6 +403,10 @@ class DirectWebSocket(asyncio.Protocol):
             self._reader = None
             self._inbox = None  # an idle connection holds no deque
             self._update_reading()
+        # This client's commands are done: its replies (and its own publications)
+        # leave now rather than a loop turn later. Other connections' frames
+        # still leave together with the flusher's.
+        self.flush()
 
     def _update_reading(self) -> None:
         """Read while the socket takes our writes and the inbox has room; else pause."""
