@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,12 @@ SECRET = "test-secret-0123456789abcdef0123456789"
 API_KEY = "test-api-key"
 
 T = TypeVar("T")
+
+# The WebSocket path (Settings.websocket_direct) of the servers a test starts
+# without choosing one: test_settings and the CLI's environment (cli_env) apply
+# it. None: Settings' own default. tests/integration/conftest.py sets it to each
+# path in turn.
+websocket_direct: ContextVar[bool | None] = ContextVar("websocket_direct", default=None)
 
 
 async def wait_for(
@@ -71,7 +78,10 @@ def test_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path,
         "log_level": "warning",
     }
-    values.update(overrides)
+    direct = websocket_direct.get()
+    if direct is not None:
+        values["websocket_direct"] = direct
+    values.update(overrides)  # a test that sets websocket_direct keeps its choice
     return Settings.load(**values)
 
 

@@ -117,6 +117,7 @@ async def test_login_gives_an_access_token_that_connects(
         await client.disconnect()
 
 
+@pytest.mark.one_websocket_path
 async def test_wrong_password_and_unknown_user_look_the_same(
     tmp_path: Path, database_url: str | None
 ) -> None:
@@ -144,6 +145,7 @@ async def test_wrong_password_and_unknown_user_look_the_same(
             assert statistics.median(unknown) > 0.4 * statistics.median(wrong)
 
 
+@pytest.mark.one_websocket_path
 async def test_refresh_rotates_and_reuse_revokes_the_family(
     server: Running, http: httpx.AsyncClient
 ) -> None:
@@ -263,6 +265,7 @@ async def test_logout_with_a_bearer_token_revokes_every_session(
     assert unknown.json()["error"] == "invalid_grant"
 
 
+@pytest.mark.one_websocket_path
 async def test_login_attempts_are_limited_per_user_and_per_address(
     tmp_path: Path, database_url: str | None
 ) -> None:
@@ -304,6 +307,7 @@ async def test_login_attempts_are_limited_per_user_and_per_address(
         assert "tidings_login_rate_limited_total 2.0" in metrics
 
 
+@pytest.mark.one_websocket_path
 async def test_registration_is_a_setting(tmp_path: Path, database_url: str | None) -> None:
     closed = test_settings(tmp_path / "closed", database_url=database_url)
     async with (
@@ -333,6 +337,7 @@ async def test_registration_is_a_setting(tmp_path: Path, database_url: str | Non
         assert short.status_code == 400
 
 
+@pytest.mark.one_websocket_path
 async def test_migrations_match_the_models(tmp_path: Path, database_url: str | None) -> None:
     url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
     engine = create_engine(url)
@@ -352,6 +357,7 @@ async def test_migrations_match_the_models(tmp_path: Path, database_url: str | N
         await engine.dispose()
 
 
+@pytest.mark.one_websocket_path
 async def test_a_shared_database_is_not_migrated_by_a_server(
     tmp_path: Path, postgres_database: str
 ) -> None:
@@ -400,6 +406,7 @@ async def run_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> 
     return Result(proc.returncode, out.decode(), err.decode())
 
 
+@pytest.mark.one_websocket_path
 async def test_cli_user_commands(tmp_path: Path) -> None:
     """On SQLite; test_a_shared_database_is_not_migrated_by_a_server runs some on PostgreSQL."""
     env = cli_env(tmp_path / "data")
@@ -455,6 +462,7 @@ def _read_until(fd: int, seen: bytes, count: int, deadline: float) -> bytes:
     return seen
 
 
+@pytest.mark.one_websocket_path
 def test_cli_prompts_twice_on_a_terminal(tmp_path: Path) -> None:
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
@@ -510,6 +518,7 @@ def test_cli_prompts_twice_on_a_terminal(tmp_path: Path) -> None:
     assert "at least 8 characters" in short.stderr
 
 
+@pytest.mark.one_websocket_path
 async def test_serve_on_a_fresh_data_dir_creates_a_migrated_database(tmp_path: Path) -> None:
     data = tmp_path / "fresh"
     env = cli_env(data)

@@ -133,6 +133,7 @@ async def test_a_message_is_stored_published_with_its_id_and_outlives_a_restart(
             await bob.http.aclose()
 
 
+@pytest.mark.one_websocket_path
 async def test_pages_of_older_and_newer_messages_meet_without_gaps_or_duplicates(
     server: Running, users: dict[str, Member]
 ) -> None:
@@ -241,6 +242,7 @@ async def test_a_failed_store_is_an_error_and_nothing_is_published(tmp_path: Pat
             await bob.http.aclose()
 
 
+@pytest.mark.one_websocket_path
 async def test_only_members_post_and_read(server: Running, users: dict[str, Member]) -> None:
     alice, carol, admin = users["alice"], users["carol"], users["admin"]
     room = await lobby(alice)
@@ -369,6 +371,7 @@ async def test_the_operator_api_shows_the_node_and_sends_notifications(
         await bob_client.disconnect()
 
 
+@pytest.mark.one_websocket_path
 async def test_the_pages_are_served_with_a_strict_policy_or_say_how_to_build_them(
     server: Running, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

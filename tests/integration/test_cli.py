@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import wait_for
+from tests.conftest import wait_for, websocket_direct
 
 TIDINGS = (sys.executable, "-m", "tidings")
 LISTENING = re.compile(r"Tidings listening on http://127\.0\.0\.1:(\d+)$")
@@ -25,7 +26,11 @@ TIMEOUT = 30.0
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a CLI subprocess: no TIDINGS_* leaking in, keys in ``data_dir``."""
+    """The environment of a CLI subprocess: no TIDINGS_* leaking in, keys in ``data_dir``.
+
+    ``tidings serve`` runs on the test's WebSocket path (tests.conftest.websocket_direct)
+    unless ``extra`` sets TIDINGS_WEBSOCKET_DIRECT.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env.update(
         TIDINGS_DATA_DIR=str(data_dir),
@@ -33,6 +38,9 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         COLUMNS="200",  # keep error messages on one line
     )
+    direct = websocket_direct.get()
+    if direct is not None:
+        env["TIDINGS_WEBSOCKET_DIRECT"] = "true" if direct else "false"
     env.update(extra)
     return env
 
@@ -112,6 +120,7 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int, str,
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.one_websocket_path
 async def test_serve_generates_keys_and_answers_healthz(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     async with serve_process(tmp_path, cli_env(data_dir)) as server:
@@ -208,6 +217,7 @@ async def test_publish_reaches_listen(tmp_path: Path) -> None:
             await listener.wait()
 
 
+@pytest.mark.one_websocket_path
 async def test_publish_with_a_wrong_api_key_fails(tmp_path: Path) -> None:
     env = cli_env(tmp_path / "data")
     async with serve_process(tmp_path, env) as server:
@@ -227,6 +237,7 @@ async def test_publish_with_a_wrong_api_key_fails(tmp_path: Path) -> None:
     assert out == ""
 
 
+@pytest.mark.one_websocket_path
 async def test_publish_rejects_invalid_json(tmp_path: Path) -> None:
     # Nothing listens on port 1: a request would fail differently (exit 1).
     code, out, err = await run_cli(

@@ -39,6 +39,7 @@ from tidings.hub.cluster import (
 NODE = NodeInfo("u1", "n1", "0.1.0", 5, 1, 1, 2, 3)
 
 
+@pytest.mark.one_websocket_path
 @pytest.mark.parametrize(
     "message",
     [
@@ -59,6 +60,7 @@ def test_control_messages_round_trip(message: cluster.Control) -> None:
     assert cluster.decode(data) == ("origin", message)
 
 
+@pytest.mark.one_websocket_path
 def test_unknown_versions_and_types_are_ignored_and_bad_ones_refused() -> None:
     assert cluster.decode(b'{"v": 2, "t": "disconnect", "o": "x", "user": "a"}\n') is None
     assert cluster.decode(b'{"v": 1, "t": "reboot", "o": "x"}\n') is None
@@ -73,6 +75,7 @@ def test_unknown_versions_and_types_are_ignored_and_bad_ones_refused() -> None:
             cluster.decode(bad)
 
 
+@pytest.mark.one_websocket_path
 async def test_memory_broker_delivers_control_messages_to_its_node() -> None:
     broker = MemoryBroker()
     got: list[bytes] = []
@@ -132,6 +135,7 @@ async def test_python_api_disconnect_and_send_message_reach_every_node(
         assert await carol.closed() == 4501
 
 
+@pytest.mark.one_websocket_path
 async def test_info_lists_live_nodes_and_forgets_stopped_ones(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -66,6 +66,8 @@ def example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleT
         sys.modules.pop(EXAMPLE, None)
 
 
+# Mounted in a plain uvicorn: always the ASGI path, whatever websocket_direct says.
+@pytest.mark.one_websocket_path
 async def test_mount_in_fastapi_route_publishes_to_sdk_subscriber(example: ModuleType) -> None:
     async with serve_app(example.app) as port:
         client = Client(

@@ -38,6 +38,7 @@ async def test_replies_queued_before_a_close_are_delivered_first(server: Running
         assert await client.closed() == 3501
 
 
+@pytest.mark.one_websocket_path
 @pytest.mark.parametrize(
     ("user", "status"),
     [("alice", 200), ("x#bob", 400), ("a,b", 400), ("", 400)],
@@ -58,6 +59,7 @@ async def test_notifications_refuse_user_names_that_move_the_boundary(
             await server.tidings.send_notification(user, {"hi": 1})
 
 
+@pytest.mark.one_websocket_path
 async def test_disconnect_code_3000_is_refused(server: Running) -> None:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         response = await http.post(

@@ -107,6 +107,7 @@ async def refusal(call: Callable[[], Awaitable[Any]]) -> tuple[int, str]:
     return caught.value.code, caught.value.message
 
 
+@pytest.mark.one_websocket_path
 async def test_rooms_over_http(server: Running, users: dict[str, Member]) -> None:
     alice, bob, carol = users["alice"], users["bob"], users["carol"]
     lobby = await alice.create("Lobby")
@@ -277,6 +278,7 @@ async def test_leaving_a_room_unsubscribes_live_connections(
             await client.disconnect()
 
 
+@pytest.mark.one_websocket_path
 async def test_leaving_a_room_while_redis_is_down_fails_visibly(
     tmp_path: Path, redis_factory: Callable[..., Any]
 ) -> None:

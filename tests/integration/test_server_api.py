@@ -120,6 +120,7 @@ async def test_server_side_subscribe_and_unsubscribe(server: Running, cent: Asyn
         await client.disconnect()
 
 
+@pytest.mark.one_websocket_path
 async def test_batch(server: Running, cent: AsyncClient) -> None:
     result = await cent.batch(
         BatchRequest(
@@ -132,6 +133,7 @@ async def test_batch(server: Running, cent: AsyncClient) -> None:
     assert [r.offset for r in result.replies] == [1, 2]  # type: ignore[attr-defined]
 
 
+@pytest.mark.one_websocket_path
 async def test_errors_are_visible(server: Running, cent: AsyncClient) -> None:
     with pytest.raises(CentApiResponseError) as unknown:
         await cent.publish(PublishRequest(channel="nope:x", data={}))
@@ -141,6 +143,7 @@ async def test_errors_are_visible(server: Running, cent: AsyncClient) -> None:
             await intruder.publish(PublishRequest(channel="news", data={}))
 
 
+@pytest.mark.one_websocket_path
 @pytest.mark.parametrize(
     ("path", "headers", "body", "status", "code"),
     [
@@ -172,6 +175,7 @@ async def test_http_errors_have_json_bodies(
         assert "result" in payload
 
 
+@pytest.mark.one_websocket_path
 async def test_health_and_readiness(server: Running) -> None:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
@@ -181,6 +185,7 @@ async def test_health_and_readiness(server: Running) -> None:
         assert (await http.get("/readyz")).status_code == 503
 
 
+@pytest.mark.one_websocket_path
 async def test_echo_endpoint(server: Running) -> None:
     from websockets.asyncio.client import connect
 

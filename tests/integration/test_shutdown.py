@@ -7,6 +7,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -110,6 +111,7 @@ async def test_sigterm_closes_clients_with_3001_and_finishes_api_calls(tmp_path:
         assert code == 0, server.stderr()
 
 
+@pytest.mark.one_websocket_path
 async def test_ctrl_c_shuts_down_cleanly(tmp_path: Path) -> None:
     env = cli_env(tmp_path / "data", TIDINGS_SECRET=SECRET, TIDINGS_API_KEY=API_KEY)
     async with serve_process(tmp_path, env) as server:

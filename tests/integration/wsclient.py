@@ -161,6 +161,14 @@ class WSClient:
             return e.rcvd.code if e.rcvd is not None else ABNORMAL_CLOSURE
         raise AssertionError("the server kept sending and never closed")
 
+    def take_read(self) -> list[Message]:
+        """Take the messages read already but not returned yet: unclaimed ones, and
+        the rest of the last frame read (a server may send several in one frame)."""
+        taken = [*self.unclaimed, *(m for m in self._lines if m != {})]
+        self.unclaimed.clear()
+        self._lines.clear()
+        return taken
+
     def disconnect_push(self) -> Message | None:
         """The in-band disconnect push read before the close, if any."""
         for message in self.unclaimed:

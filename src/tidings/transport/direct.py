@@ -57,6 +57,7 @@ from ..websocket.reader import (
     Ping,
     Pong,
 )
+from . import eager
 
 log = logging.getLogger("tidings.transport")
 
@@ -372,6 +373,8 @@ class DirectWebSocket(asyncio.Protocol):
             else:
                 assert isinstance(event, Pong)  # unsolicited or ours: nothing to do
             frames = self._frames  # None once a message closed the connection
+        if self._reader is None:
+            self.flush()  # the commands of this read are done: their replies leave now
         self._update_reading()
 
     def _deliver(self, message: str | bytes) -> None:
@@ -384,18 +387,34 @@ class DirectWebSocket(asyncio.Protocol):
             wrong = "text frame on a Protobuf" if self._binary else "binary frame on a JSON"
             session.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, wrong + " connection"))
             return
+        if self._reader is None:
+            # Nothing of this client's is under way: handle the message now.
+            # Most commands finish without waiting, and then no task is made
+            # and their replies leave at the end of this read; one that waits
+            # is finished by a task, and what follows queues behind it.
+            try:
+                waiting = eager.start(session.handle_frame(message))
+            except Exception:  # the session answers its own errors: this is a bug
+                log.exception("cannot handle a message of client %s", session.client_id)
+                session.disconnect(Disconnect.of(DisconnectCode.INTERNAL))
+                return
+            if waiting is not None:
+                self._reader = asyncio.get_running_loop().create_task(self._read_loop(waiting))
+            return
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(message)
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
-    async def _read_loop(self) -> None:
-        inbox = self._inbox
+    async def _read_loop(self, first: eager.Suspended) -> None:
+        """Finish a command that had to wait, then handle what queued meanwhile, in order."""
         session = self.session
-        assert inbox is not None and session is not None
+        assert session is not None
         try:
-            while inbox and session.state is not State.CLOSED:
+            await first
+            while session.state is not State.CLOSED:
+                inbox = self._inbox
+                if not inbox:
+                    break
                 await session.handle_frame(inbox.popleft())
                 if len(inbox) < INBOX_HIGH_WATER // 2:
                     self._read_frames()  # what the full inbox left unread
