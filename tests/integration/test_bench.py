@@ -145,12 +145,6 @@ def test_tidings_delivers_everything_clients_publish(
     assert storm["connected"] == storm["conns"] and storm["refused"] == 0, storm
 
 
-@pytest.mark.xfail(
-    reason="Tidings' Redis broker takes redis-py's pool as it is: from redis-py 6 it refuses "
-    "a command beyond 100 connections instead of waiting, so a storm of 100 subscribes gets "
-    "error 100 (broker unavailable)",
-    strict=False,
-)
 def test_tidings_on_redis_refuses_no_one_in_the_storm(
     smoke_run: tuple[Path, dict[str, Any]],
 ) -> None:

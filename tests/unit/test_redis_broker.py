@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer
@@ -358,8 +359,10 @@ async def test_commands_fail_visibly_while_redis_is_down_and_work_after(
         ):
             with pytest.raises(BrokerUnavailable):
                 await call
+        assert broker.errors == 7  # tidings_broker_errors
         await redis.start_async()
         await wait_for(lambda: broker.ready, timeout=10)
+        assert broker.reconnects == 1  # tidings_broker_reconnects
         await wait_for(lambda: events.resubscribed, timeout=5)
         assert events.resubscribed[0] == {"c": before}  # the data is back: no gap
         after = await broker.publish("c", b"3", history=KEEP)
@@ -381,3 +384,141 @@ async def test_a_restart_without_data_changes_the_epoch(
         assert events.resubscribed[0] == {"c": None}  # the stream is gone
         _, position = await broker.history("c", since=before, limit=-1)
         assert position.epoch != before.epoch and position.offset == 0
+
+
+# --- the auto-pipeline: bounded connections, shared round trips --------------
+
+
+def test_connection_options_come_from_the_url() -> None:
+    broker = RedisBroker("redis://h/0?max_connections=3&command_timeout=0.5&socket_timeout=9")
+    assert broker.max_connections == 3 and broker.command_timeout == 0.5
+    assert broker.client.connection_pool.max_connections == 3
+    assert "max_connections" not in broker.redis_url and "socket_timeout" in broker.redis_url
+    default = RedisBroker("redis://h/0")
+    assert default.max_connections == 16 and default.command_timeout == 5
+    for bad in ("max_connections=0", "command_timeout=0", "max_connections=x"):
+        with pytest.raises(ValueError):
+            RedisBroker(f"redis://h/0?{bad}")
+
+
+async def test_concurrent_operations_share_pipelines_and_connections(
+    redis_server: RedisServer,
+) -> None:
+    async with started(redis_server.unique_url(max_connections=4)) as (broker, events):
+        await broker.subscribe("c")
+        pipelines = broker.pipeline.pipelines
+        keep = HistoryOptions(size=1000, ttl=60)
+        count = 500  # five times redis-py's pool limit, over four connections
+        results = await asyncio.gather(
+            *(broker.publish("c", b"%d" % n, history=keep) for n in range(count)),
+            *(
+                broker.add_presence("c", f"c{n}", ClientInfo(f"u{n}", f"c{n}"))
+                for n in range(count)
+            ),
+        )
+        assert sorted(p.offset for p in results[:count]) == list(range(1, count + 1))
+        sent = broker.pipeline.pipelines - pipelines
+        assert 1 <= sent < count // 10, sent  # many commands per round trip
+        assert len(await broker.presence("c")) == count
+        await wait_for(lambda: len(events.publications) == count)
+        assert events.offsets == list(range(1, count + 1))
+        # Never more connections than asked for (the pub/sub one is apart).
+        pool = broker.client.connection_pool
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= 4
+        metrics = broker.command_metrics
+        assert metrics.in_flight == 0 and metrics.busy == 0 and metrics.timeouts == 0
+        assert metrics.pipeline_size.total == metrics.latency.count >= 2 * count
+        assert metrics.pipeline_size.count == broker.pipeline.pipelines
+
+
+async def test_a_failing_command_fails_only_its_own_caller(
+    node: tuple[RedisBroker, Events],
+) -> None:
+    broker, _ = node
+    await broker.client.set(f"{broker.prefix}:{{bad}}:meta", "not a hash")
+    pipelines = broker.pipeline.pipelines
+    results = await asyncio.gather(
+        broker.publish("good", b"1", history=KEEP),
+        broker.publish("bad", b"2", history=KEEP),  # the script hits a wrong-type key
+        broker.pipeline.execute("INCR", f"{broker.prefix}:x"),
+        broker.pipeline.execute("NO-SUCH-COMMAND"),
+        broker.publish("good", b"3", history=KEEP),
+        return_exceptions=True,
+    )
+    assert broker.pipeline.pipelines == pipelines + 1  # one round trip for all five
+    first, bad, incr, unknown, second = results
+    assert isinstance(bad, ResponseError) and "WRONGTYPE" in str(bad)
+    assert isinstance(unknown, ResponseError)
+    assert incr == 1
+    assert isinstance(first, StreamPosition) and isinstance(second, StreamPosition)
+    assert (first.offset, second.offset) == (1, 2)
+    kept, _ = await broker.history("good", since=None, limit=-1)
+    assert [p.data for p in kept] == [b"1", b"3"]
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    node: tuple[RedisBroker, Events],
+) -> None:
+    broker, _ = node
+    await broker.publish("c", b"1", history=KEEP)
+    await broker.client.script_flush()
+    results = await asyncio.gather(*(broker.publish("c", b"x", history=KEEP) for _ in range(20)))
+    assert sorted(p.offset for p in results) == list(range(2, 22))  # each ran once
+
+
+@asynccontextmanager
+async def every_connection_taken(broker: RedisBroker) -> AsyncIterator[list[Any]]:
+    """Hold every connection of the broker's pool (as if others were using them)."""
+    pool = broker.client.connection_pool
+    held = [await pool.get_connection() for _ in range(broker.max_connections)]
+    try:
+        yield held
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_a_saturated_pool_makes_operations_wait_not_fail(redis_server: RedisServer) -> None:
+    async with started(redis_server.unique_url(max_connections=2)) as (broker, _):
+        async with every_connection_taken(broker) as held:
+            calls = [
+                asyncio.ensure_future(broker.publish("c", b"%d" % n, history=KEEP))
+                for n in range(300)
+            ]
+            await wait_for(lambda: broker.pipeline.queued == 300)
+            assert not any(c.done() for c in calls)
+            await broker.client.connection_pool.release(held.pop())  # one comes free
+            results = await asyncio.gather(*calls)
+        assert sorted(p.offset for p in results) == list(range(1, 301))
+        assert broker.command_metrics.timeouts == 0
+
+
+async def test_an_operation_waiting_too_long_fails_unavailable_and_is_never_sent(
+    redis_server: RedisServer,
+) -> None:
+    timeout = 0.3
+    url = redis_server.unique_url(max_connections=1, command_timeout=timeout)
+    async with started(url) as (broker, _):
+        loop = asyncio.get_running_loop()
+        async with every_connection_taken(broker):
+            started_at = loop.time()
+            with pytest.raises(BrokerUnavailable, match="no redis connection free"):
+                await broker.publish("c", b"late", history=KEEP)
+            assert loop.time() - started_at >= timeout
+            # A caller that gives up (cancelled) takes its command out too.
+            gone = asyncio.ensure_future(broker.publish("c", b"gone", history=KEEP))
+            await wait_for(lambda: broker.pipeline.queued == 1)
+            gone.cancel()
+        assert broker.command_metrics.timeouts == 1
+        # Neither was published: the next publication is the stream's first.
+        assert (await broker.publish("c", b"now", history=KEEP)).offset == 1
+        kept, _ = await broker.history("c", since=None, limit=-1)
+        assert [p.data for p in kept] == [b"now"]
+
+
+async def test_operations_after_close_fail_unavailable(redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.unique_url())
+    await broker.start(Events())
+    await broker.close()
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish("c", b"1", history=KEEP)

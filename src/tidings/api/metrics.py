@@ -17,6 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ..brokers.metrics import CommandMetrics
 from ..hub import Hub
 from ..hub.metrics import FANOUT_BUCKETS
 
@@ -107,6 +108,36 @@ class HubCollector(Collector):
             buckets=buckets,
             sum_value=m.fanout_sum,
         )
+        # The Redis broker's commands (only it has them).
+        redis = getattr(hub.broker, "command_metrics", None)
+        if isinstance(redis, CommandMetrics):
+            yield gauge(
+                "redis_in_flight",
+                "Redis operations issued and not answered yet (queued or sent).",
+                redis.in_flight,
+            )
+            yield gauge(
+                "redis_connections_busy",
+                "Redis command connections sending a pipeline (at most max_connections).",
+                redis.busy,
+            )
+            yield counter(
+                "redis_timeouts",
+                "Redis operations failed for want of a free connection within command_timeout.",
+                redis.timeouts,
+            )
+            yield HistogramMetricFamily(
+                "tidings_redis_latency_seconds",
+                "Time from issuing a Redis operation to its reply or failure.",
+                buckets=redis.latency.cumulative(),
+                sum_value=redis.latency.total,
+            )
+            yield HistogramMetricFamily(
+                "tidings_redis_pipeline_size",
+                "Commands sent to Redis in one pipeline.",
+                buckets=redis.pipeline_size.cumulative(),
+                sum_value=redis.pipeline_size.total,
+            )
 
 
 def build_registry(hub: Hub) -> CollectorRegistry:

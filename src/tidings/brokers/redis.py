@@ -10,6 +10,11 @@ Query parameters of the URL that are ours, not redis-py's:
   crashed node leave the presence list.
 - ``reconnect_max`` (seconds, default 2): the longest pause between two
   attempts to reconnect the pub/sub connection.
+- ``max_connections`` (default 16): the command connections a node keeps to
+  Redis, besides its pub/sub connection. They are never more, whatever the load.
+- ``command_timeout`` (seconds, default 5): how long an operation may wait for
+  a free command connection, and then for its reply, before it fails with
+  ``BrokerUnavailable``.
 
 Keys of one channel (``{prefix}:{<channel>}:...``) share the hash tag
 ``{<channel>}``, so they live in one Redis Cluster slot and one Lua script can
@@ -53,6 +58,14 @@ jittered exponential backoff, subscribes every channel again, and then tells
 the hub each channel's stream top (``BrokerEvents.on_resubscribed``) so the
 hub can find publications lost while the connection was down.
 
+Commands (publishes, history reads, presence, user connection counts) go
+through an auto-pipeline (``tidings.brokers.redis_pipeline``): the commands
+issued by concurrent callers during one event-loop iteration travel together
+in one pipeline on one of ``max_connections`` pooled connections, each caller
+getting its own reply or its own error. Thousands of concurrent operations
+queue and share round trips; none fails because every connection is busy,
+unless it waited ``command_timeout`` for one.
+
 Every command failing for want of Redis raises ``BrokerUnavailable``: a publish
 during an outage fails visibly (error 100 to a client, HTTP 503 from the server
 API). Commands are never retried here, since a retried publish could be
@@ -73,17 +86,20 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from ..protocol import ClientInfo, Publication, StreamPosition
 from .base import BrokerEvents, BrokerUnavailable, HistoryOptions
+from .metrics import CommandMetrics
+from .redis_pipeline import AutoPipeline
 
 log = logging.getLogger("tidings.brokers.redis")
 
@@ -214,6 +230,13 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[3])), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# Remove a presence entry, atomically. KEYS: hash, zset. ARGV: client.
+_PRESENCE_REMOVE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -368,16 +391,10 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
         yield items[start : start + size]
 
 
-@contextmanager
-def _guard(what: str) -> Iterator[None]:
-    """Turn "Redis is not there" into BrokerUnavailable."""
-    try:
-        yield
-    except _UNAVAILABLE as e:
-        raise BrokerUnavailable(f"redis: {what}: {e}") from e
+_OPTIONS = ("prefix", "presence_ttl", "reconnect_max", "max_connections", "command_timeout")
 
-
-_OPTIONS = ("prefix", "presence_ttl", "reconnect_max")
+DEFAULT_MAX_CONNECTIONS = 16
+DEFAULT_COMMAND_TIMEOUT = 5.0
 
 
 class RedisBroker:
@@ -390,9 +407,10 @@ class RedisBroker:
         prefix: str | None = None,
         presence_ttl: float | None = None,
         reconnect_max: float | None = None,
+        max_connections: int | None = None,
+        command_timeout: float | None = None,
         reconnect_base: float = 0.05,
         health_interval: float = 5.0,
-        command_timeout: float = 5.0,
         start_timeout: float = 5.0,
     ) -> None:
         parts = urlsplit(url)
@@ -409,25 +427,51 @@ class RedisBroker:
         self.reconnect_max = (
             reconnect_max if reconnect_max is not None else float(ours.get("reconnect_max", 2))
         )
-        if self.presence_ttl <= 0 or self.reconnect_max <= 0:
-            raise ValueError("presence_ttl and reconnect_max must be positive")
+        self.max_connections = (
+            max_connections
+            if max_connections is not None
+            else int(ours.get("max_connections", DEFAULT_MAX_CONNECTIONS))
+        )
+        self.command_timeout = (
+            command_timeout
+            if command_timeout is not None
+            else float(ours.get("command_timeout", DEFAULT_COMMAND_TIMEOUT))
+        )
+        if self.presence_ttl <= 0 or self.reconnect_max <= 0 or self.command_timeout <= 0:
+            raise ValueError("presence_ttl, reconnect_max and command_timeout must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.reconnect_base = min(reconnect_base, self.reconnect_max)
         self.health_interval = health_interval
-        self.command_timeout = command_timeout
         self.start_timeout = start_timeout
+        # Operations that failed for want of Redis, and pub/sub reconnections
+        # (tidings_broker_errors and tidings_broker_reconnects in /metrics).
+        self.errors = 0
+        self.reconnects = 0
 
         self._events: BrokerEvents | None = None
         # Commands: never retried by redis-py (a retried publish could be delivered
-        # twice); a failure becomes BrokerUnavailable and the caller retries.
-        self._client = Redis(
-            connection_pool=ConnectionPool.from_url(
-                self.redis_url,
-                socket_timeout=command_timeout,
-                socket_connect_timeout=command_timeout,
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),
-                protocol=2,
-            )
+        # twice); a failure becomes BrokerUnavailable and the caller retries. A
+        # fixed number of connections: a caller that finds them all busy waits
+        # (the blocking pool; the auto-pipeline) rather than failing.
+        self._pool = BlockingConnectionPool.from_url(
+            self.redis_url,
+            max_connections=self.max_connections,
+            timeout=self.command_timeout,
+            socket_timeout=self.command_timeout,
+            socket_connect_timeout=self.command_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+        )
+        self._client = Redis(connection_pool=self._pool)
+        # What the pipeline counts (tidings_redis_* in /metrics).
+        self.command_metrics = CommandMetrics()
+        self._pipeline = AutoPipeline(
+            self._pool,
+            lanes=self.max_connections,
+            timeout=self.command_timeout,
+            metrics=self.command_metrics,
         )
         # No socket timeout on the pub/sub connection: it waits for messages, and
         # the reader's PINGs find a dead one. It also makes a command's bytes go
@@ -444,6 +488,7 @@ class RedisBroker:
         self._publish: AsyncScript = self._client.register_script(_PUBLISH)
         self._history: AsyncScript = self._client.register_script(_HISTORY)
         self._presence_add: AsyncScript = self._client.register_script(_PRESENCE_ADD)
+        self._presence_remove: AsyncScript = self._client.register_script(_PRESENCE_REMOVE)
         self._presence_get: AsyncScript = self._client.register_script(_PRESENCE_GET)
         self._user_add: AsyncScript = self._client.register_script(_USER_ADD)
         self._node_alive: AsyncScript = self._client.register_script(_NODE_ALIVE)
@@ -491,8 +536,39 @@ class RedisBroker:
 
     @property
     def client(self) -> Redis:
-        """The command client (tests use it to look at and break Redis)."""
+        """A client on the command connections' pool (tests use it to look at and break Redis)."""
         return self._client
+
+    @property
+    def pipeline(self) -> AutoPipeline:
+        return self._pipeline
+
+    # --- commands ---------------------------------------------------------
+
+    async def _command(self, *args: EncodableT) -> Any:
+        """One command, pipelined with the concurrent others."""
+        return await self._pipeline.execute(*args)
+
+    async def _eval(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[EncodableT] = ()
+    ) -> Any:
+        """Run a Lua script by its SHA, pipelined; load it first if Redis lacks it."""
+        try:
+            return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted or flushed its scripts. A NOSCRIPT reply means the
+            # script did not run: running it now is no retry of a publish.
+            await self._command("SCRIPT", "LOAD", script.script)
+            return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn "Redis is not there" into BrokerUnavailable."""
+        try:
+            yield
+        except _UNAVAILABLE as e:
+            self.errors += 1
+            raise BrokerUnavailable(f"redis: {what}: {e}") from e
 
     # --- lifecycle --------------------------------------------------------
 
@@ -500,6 +576,7 @@ class RedisBroker:
         """Connect, then wait a while for the pub/sub connection; go on retrying after."""
         self._events = events
         self._closing = False
+        self._pipeline.reopen()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run(), name="tidings-redis-pubsub"),
@@ -527,6 +604,7 @@ class RedisBroker:
                 log.error("task %s did not stop", task.get_name())
         self._set_ready(False)
         self._fail_waiters()
+        await self._pipeline.close()
         if self._counted_any:
             # Gone at once from the live-node set: its connections stop counting.
             try:
@@ -619,6 +697,7 @@ class RedisBroker:
             elif kind == b"pong" and message[1] == _MARK_SUBSCRIBED:
                 if self._failures:
                     log.warning("redis pub/sub connection is back")
+                    self.reconnects += 1
                 self._failures = 0
                 self._set_ready(True)
                 channels = [self._channels[k] for k in resubscribed if k in self._channels]
@@ -702,6 +781,7 @@ class RedisBroker:
         """Subscribe upstream; returns once Redis confirmed it, so nothing after is missed."""
         conn = self._conn
         if conn is None or not self._ready:
+            self.errors += 1
             raise BrokerUnavailable("redis pub/sub connection is down")
         key = self._pub_key(channel)
         self._channels[key] = channel
@@ -711,6 +791,7 @@ class RedisBroker:
             await _send(conn, "SUBSCRIBE", key)
             await asyncio.wait_for(waiter, self.command_timeout)
         except (*_UNAVAILABLE, BrokerUnavailable) as e:
+            self.errors += 1
             if self._channels.pop(key, None) is not None and conn is self._conn:
                 with _quiet():
                     await _send(conn, "UNSUBSCRIBE", key)
@@ -739,11 +820,12 @@ class RedisBroker:
     ) -> StreamPosition:
         payload = encode_publication(data, info, tags)
         pub_key = self._pub_key(channel)
-        with _guard("publish"):
+        with self._guard("publish"):
             if history is not None and history.size > 0 and history.ttl > 0:
-                top, epoch = await self._publish(
-                    keys=self._stream_keys(channel),
-                    args=[
+                top, epoch = await self._eval(
+                    self._publish,
+                    self._stream_keys(channel),
+                    [
                         pub_key,
                         payload,
                         history.size,
@@ -753,16 +835,16 @@ class RedisBroker:
                     ],
                 )
                 return StreamPosition(int(top), epoch.decode())
-            await self.client.publish(pub_key, b"p0  " + payload)
+            await self._command("PUBLISH", pub_key, b"p0  " + payload)
         return StreamPosition(0, "")
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        with _guard("publish join"):
-            await self.client.publish(self._pub_key(channel), b"j" + encode_info(info))
+        with self._guard("publish join"):
+            await self._command("PUBLISH", self._pub_key(channel), b"j" + encode_info(info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        with _guard("publish leave"):
-            await self.client.publish(self._pub_key(channel), b"l" + encode_info(info))
+        with self._guard("publish leave"):
+            await self._command("PUBLISH", self._pub_key(channel), b"l" + encode_info(info))
 
     async def history(
         self,
@@ -772,10 +854,11 @@ class RedisBroker:
         limit: int,
         reverse: bool = False,
     ) -> tuple[list[Publication], StreamPosition]:
-        with _guard("history"):
-            top, epoch, flat = await self._history(
-                keys=self._stream_keys(channel),
-                args=[
+        with self._guard("history"):
+            top, epoch, flat = await self._eval(
+                self._history,
+                self._stream_keys(channel),
+                [
                     since.offset if since is not None else -1,
                     limit,
                     1 if reverse else 0,
@@ -809,53 +892,52 @@ class RedisBroker:
             await _send(conn, "PING", _MARK_SYNC)
             await asyncio.wait_for(sync, self.command_timeout)
         except (*_UNAVAILABLE, TimeoutError) as e:
+            self.errors += 1
             raise BrokerUnavailable(f"redis: pub/sub sync: {e}") from e
 
     async def remove_history(self, channel: str) -> None:
         """Drop the publications; the epoch and the top stay, as with the memory broker."""
-        with _guard("remove history"):
-            await self.client.delete(self._key(channel, "history"))
+        with self._guard("remove history"):
+            await self._command("DEL", self._key(channel, "history"))
 
     # --- presence ---------------------------------------------------------
 
     async def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> None:
         encoded = encode_info(info)
         self._presence[(channel, client_id)] = encoded
-        with _guard("add presence"):
-            await self._presence_add(
-                keys=self._presence_keys(channel),
-                args=[client_id, encoded, _ms(self.presence_ttl)],
+        with self._guard("add presence"):
+            await self._eval(
+                self._presence_add,
+                self._presence_keys(channel),
+                [client_id, encoded, _ms(self.presence_ttl)],
             )
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
         self._presence.pop((channel, client_id), None)
-        hash_key, zset_key = self._presence_keys(channel)
-        with _guard("remove presence"):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(hash_key, client_id)
-                pipe.zrem(zset_key, client_id)
-                await pipe.execute()
+        with self._guard("remove presence"):
+            await self._eval(self._presence_remove, self._presence_keys(channel), [client_id])
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        with _guard("presence"):
-            flat = await self._presence_get(keys=self._presence_keys(channel))
+        with self._guard("presence"):
+            flat = await self._eval(self._presence_get, self._presence_keys(channel))
         return {flat[i].decode(): decode_info(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     # --- control messages and the user connections of every node ----------
 
     async def publish_control(self, message: bytes) -> None:
-        with _guard("publish control"):
-            await self.client.publish(self._control_key, message)
+        with self._guard("publish control"):
+            await self._command("PUBLISH", self._control_key, message)
 
     async def add_user_connection(self, user: str, client_id: str, limit: int) -> bool:
         # Kept (and refreshed) from now on, so one added during an outage is
         # counted once Redis is back; dropped below if refused.
         self._user_connections.add((user, client_id))
         self._counted_any = True
-        with _guard("add user connection"):
-            added = await self._user_add(
-                keys=self._user_keys(user),
-                args=[
+        with self._guard("add user connection"):
+            added = await self._eval(
+                self._user_add,
+                self._user_keys(user),
+                [
                     f"{self.node_id} {client_id}",
                     limit,
                     _ms(self.presence_ttl),
@@ -869,8 +951,8 @@ class RedisBroker:
 
     async def remove_user_connection(self, user: str, client_id: str) -> None:
         self._user_connections.discard((user, client_id))
-        with _guard("remove user connection"):
-            await self.client.zrem(self._user_keys(user)[0], f"{self.node_id} {client_id}")
+        with self._guard("remove user connection"):
+            await self._command("ZREM", self._user_keys(user)[0], f"{self.node_id} {client_id}")
 
     async def _keep_alive(self) -> None:
         """Keep this node in the live-node set (its user connections count while it is)."""
@@ -880,7 +962,7 @@ class RedisBroker:
                 await asyncio.sleep(NODE_REFRESH)
                 continue
             try:
-                await self._node_alive(keys=[key], args=[self.node_id, _ms(self.node_ttl)])
+                await self._eval(self._node_alive, [key], [self.node_id, _ms(self.node_ttl)])
             except (*_UNAVAILABLE, RedisError) as e:
                 log.debug("refreshing the live-node entry failed: %s", e)
             await asyncio.sleep(NODE_REFRESH)
