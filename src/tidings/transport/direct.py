@@ -57,7 +57,6 @@ from ..websocket.reader import (
     Ping,
     Pong,
 )
-from . import eager
 
 log = logging.getLogger("tidings.transport")
 
@@ -373,8 +372,6 @@ class DirectWebSocket(asyncio.Protocol):
             else:
                 assert isinstance(event, Pong)  # unsolicited or ours: nothing to do
             frames = self._frames  # None once a message closed the connection
-        if self._reader is None:
-            self.flush()  # the commands of this read are done: their replies leave now
         self._update_reading()
 
     def _deliver(self, message: str | bytes) -> None:
@@ -387,30 +384,19 @@ class DirectWebSocket(asyncio.Protocol):
             wrong = "text frame on a Protobuf" if self._binary else "binary frame on a JSON"
             session.disconnect(Disconnect.of(DisconnectCode.BAD_REQUEST, wrong + " connection"))
             return
-        if self._reader is None:
-            # Nothing of this client's is under way: handle the message now.
-            # Most commands finish without waiting, and then no task is made
-            # and their replies leave at the end of this read; one that waits
-            # is finished by a task, and what follows queues behind it.
-            try:
-                waiting = eager.start(session.handle_frame(message))
-            except Exception:  # the session answers its own errors: this is a bug
-                log.exception("cannot handle a message of client %s", session.client_id)
-                session.disconnect(Disconnect.of(DisconnectCode.INTERNAL))
-                return
-            if waiting is not None:
-                self._reader = asyncio.get_running_loop().create_task(self._read_loop(waiting))
-            return
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(message)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
-    async def _read_loop(self, first: eager.Suspended) -> None:
-        """Finish a command that had to wait, then handle what queued meanwhile, in order."""
+    async def _read_loop(self) -> None:
+        """Handle the client's messages in order, one command at a time."""
+        # A task, not a call from data_received: a command may await code that
+        # needs a current task (anyio in httpx for a JWKS fetch, asyncio.timeout).
         session = self.session
         assert session is not None
         try:
-            await first
             while session.state is not State.CLOSED:
                 inbox = self._inbox
                 if not inbox:
