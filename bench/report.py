@@ -226,6 +226,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # --- markdown -------------------------------------------------------------------------
 
 
+def targets_section(title: str, targets: list[dict[str, Any]]) -> list[str]:
+    """A heading and a table of targets: what was asked, what was measured, met or not."""
+    rows = ([t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in targets)
+    return [f"## {title}", "", _table(["target", "measured", "met"], rows), ""]
+
+
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -270,17 +276,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     if summary["targets"]:
-        out += ["## Targets (issue 6)", ""]
-        out.append(
-            _table(
-                ["target", "measured", "met"],
-                (
-                    [t["target"], t["measured"], "yes" if t["met"] else "**no**"]
-                    for t in summary["targets"]
-                ),
-            )
-        )
-        out.append("")
+        out += targets_section("Targets (issue 6)", summary["targets"])
     fan = _find(runs, "fanout")
     if fan:
         out += [

@@ -20,6 +20,7 @@ from .report import (
     _rate,
     _ratio,
     _table,
+    targets_section,
 )
 
 MODES = (("back_to_back", "back-to-back"), ("paced", "paced"))
@@ -175,17 +176,7 @@ def _ratio_cells(t: float | None, values: dict[str, float | None]) -> list[str]:
 def markdown(runs: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if summary["targets"]:
-        out += ["## Targets (issue 12)", ""]
-        out.append(
-            _table(
-                ["target", "measured", "met"],
-                (
-                    [t["target"], t["measured"], "yes" if t["met"] else "**no**"]
-                    for t in summary["targets"]
-                ),
-            )
-        )
-        out.append("")
+        out += targets_section("Targets (issue 12)", summary["targets"])
     if summary["ratios"]:
         out += [
             "## Clients publishing (issue 12): Tidings ÷ each peer",
