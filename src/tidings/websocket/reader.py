@@ -48,8 +48,9 @@ MESSAGE_TOO_BIG = 1009
 NO_STATUS_RECEIVED = 1005
 # Codes a peer may send in a close frame: the registered ones that are not
 # reserved for local use (1004, 1005, 1006, 1015), and 3000-4999.
-_PEER_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
-_PEER_CLOSE_CODES |= {1014}
+_PEER_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 # The empty stored block every compressed message ends with; senders drop it (RFC 7692 7.2.1).
 DEFLATE_TAIL = b"\x00\x00\xff\xff"
