@@ -38,6 +38,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(ps: psutil.Process | None) -> float:
+    """CPU time (user + system) a process has used so far; 0 when it is gone."""
+    if ps is None:
+        return 0.0
+    try:
+        times = ps.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
 class ServerProc:
     """One peer server in its own process, driven over stdin/stdout."""
 
@@ -147,13 +158,7 @@ class ServerProc:
             return 0
 
     def cpu(self) -> float:
-        if self.ps is None:
-            return 0.0
-        try:
-            times = self.ps.cpu_times()
-        except psutil.Error:
-            return 0.0
-        return float(times.user + times.system)
+        return cpu_seconds(self.ps)
 
     def start_sampling(self, interval: float = 0.05) -> None:
         """Track the peak RSS until stop_sampling."""
@@ -260,13 +265,7 @@ class RedisProc:
             return False
 
     def cpu(self) -> float:
-        if self.ps is None:
-            return 0.0
-        try:
-            times = self.ps.cpu_times()
-        except psutil.Error:
-            return 0.0
-        return float(times.user + times.system)
+        return cpu_seconds(self.ps)
 
     def rss(self) -> int:
         if self.ps is None:
